@@ -1,0 +1,171 @@
+"""Configuration value objects of the domain.
+
+Plain frozen dataclasses, validated on construction. They read no environment
+variables and no files: ``service/config.py`` is the one place that does, and
+builds these from flags > env > TOML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from embeddings.errors import InvalidInput
+
+__all__ = [
+    "DecodeLimits",
+    "DetectorConfig",
+    "EncoderConfig",
+    "GalleryConfig",
+    "IndexConfig",
+    "PRETRAINED",
+    "PretrainedCfg",
+    "QualityConfig",
+]
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise InvalidInput(message)
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """Where an encoder's weights come from and what input they expect (like timm's PretrainedCfg)."""
+
+    name: str
+    url: str | None
+    file_name: str | None
+    crop_size: int = 160
+    embedding_dim: int = 512
+    # facenet-pytorch's fixed_image_standardization: (x - 127.5) / 128
+    mean: float = 127.5
+    std: float = 128.0
+    num_classes: int | None = None
+
+
+PRETRAINED: dict[str, PretrainedCfg] = {
+    "vggface2": PretrainedCfg(
+        name="vggface2",
+        url="https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",
+        file_name="20180402-114759-vggface2.pt",
+        num_classes=8631,
+    ),
+    "casia-webface": PretrainedCfg(
+        name="casia-webface",
+        url="https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180408-102900-casia-webface.pt",
+        file_name="20180408-102900-casia-webface.pt",
+        num_classes=10575,
+    ),
+    "random": PretrainedCfg(name="random", url=None, file_name=None),
+}
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Limits applied before and during image decoding."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_side: int = 16
+
+    def __post_init__(self) -> None:
+        _check(self.max_bytes > 0, "max_bytes must be positive")
+        _check(self.max_pixels > 0, "max_pixels must be positive")
+        _check(self.min_side >= 1, "min_side must be >= 1")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """MTCNN settings. Detection runs on a copy downscaled to ``max_side``; boxes are mapped back."""
+
+    max_side: int = 1024
+    min_face_size: int = 20
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    factor: float = 0.709
+    max_faces: int = 32
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.max_side >= 64, "detector max_side must be >= 64")
+        _check(self.min_face_size >= 12, "detector min_face_size must be >= 12")
+        _check(0 < self.factor < 1, "detector factor must be in (0, 1)")
+        _check(self.max_faces >= 1, "max_faces must be >= 1")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Thresholds of the quality gate. A face failing any of them gets a reason code."""
+
+    min_face_px: int = 40
+    min_probability: float = 0.90
+    min_sharpness: float = 40.0
+    max_yaw_deg: float = 45.0
+    max_pitch_deg: float = 35.0
+    max_roll_deg: float = 45.0
+    max_outside_fraction: float = 0.10
+
+    def __post_init__(self) -> None:
+        _check(self.min_face_px >= 1, "min_face_px must be >= 1")
+        _check(0 <= self.min_probability <= 1, "min_probability must be in [0, 1]")
+        _check(0 <= self.max_outside_fraction <= 1, "max_outside_fraction must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Which weights, where to find them, and how to run the encoder.
+
+    ``weights`` is ``"vggface2"``, ``"casia-webface"``, ``"random"`` (seeded, for tests and
+    development only: every result says so) or a path to a state-dict file.
+    ``precision`` is ``"auto"`` (bf16 autocast + channels_last where the hardware supports it,
+    else fp32), ``"bf16"`` or ``"fp32"``.
+    """
+
+    weights: str = "vggface2"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 64
+    torch_home: Path | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        _check(self.batch_size >= 1, "batch_size must be >= 1")
+        _check(bool(self.weights), "weights must not be empty")
+
+    @property
+    def pretrained(self) -> PretrainedCfg:
+        """The PretrainedCfg for a named checkpoint; a file path uses vggface2's input spec."""
+        return PRETRAINED.get(self.weights, dataclasses.replace(PRETRAINED["vggface2"], name="file", url=None))
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Index policy: exact search below ``ann_threshold`` vectors, an ANN factory string above it.
+
+    ``ann_factory`` may contain ``{nlist}``, filled from the collection size.
+    """
+
+    ann_threshold: int = 50_000
+    ann_factory: str = "IVF{nlist},Flat"
+    nprobe: int = 16
+    rerank_k: int = 64
+    snapshot_every: int = 10_000
+
+    def __post_init__(self) -> None:
+        _check(self.ann_threshold >= 1, "ann_threshold must be >= 1")
+        _check(self.nprobe >= 1, "nprobe must be >= 1")
+        _check(self.rerank_k >= 1, "rerank_k must be >= 1")
+
+
+@dataclass(frozen=True)
+class GalleryConfig:
+    """Where the gallery lives and how it indexes."""
+
+    data_dir: Path = Path("data")
+    default_threshold: float = 0.5
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def __post_init__(self) -> None:
+        _check(-1.0 <= self.default_threshold <= 1.0, "threshold must be a cosine in [-1, 1]")
