@@ -1,0 +1,67 @@
+"""``latentface bench``: the project's own benchmark, one part per concern, one JSON object out.
+
+Each part is a module ``embeddings.bench.<part>`` with ``run(options) -> dict``; the service adds
+parts of its own (``server``) through ``extra_parts``. Parts are imported lazily so ``--only`` pays
+only for what it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embeddings.errors import InvalidInput
+
+__all__ = ["BenchOptions", "PARTS", "run_bench"]
+
+PARTS: tuple[str, ...] = ("encoder", "detect", "identify", "analysis", "audit")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    gallery_size: int = 100_000
+    seed: int = 0
+    work_dir: Path = field(default_factory=lambda: Path("bench-out"))
+    quick: bool = False
+    weights: str = "random"
+
+
+def run_bench(
+    only: Iterable[str] | None,
+    options: BenchOptions,
+    *,
+    extra_parts: Mapping[str, Callable[[BenchOptions], dict[str, Any]]] | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, Any]:
+    """Run the selected parts (all when ``only`` is None) and merge their figures into one dict."""
+    extra = dict(extra_parts or {})
+    known = list(PARTS) + [p for p in extra if p not in PARTS]
+    selected = list(only) if only else known
+    unknown = [p for p in selected if p not in known]
+    if unknown:
+        raise InvalidInput(f"unknown benchmark part(s) {unknown}; choose from {known}")
+    import torch
+
+    result: dict[str, Any] = {
+        "machine": {"cpus": _cpu_count(), "platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "options": {"gallery_size": options.gallery_size, "seed": options.seed, "quick": options.quick},
+    }
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    for part in selected:
+        log(f"bench: running {part}")
+        start = time.perf_counter()
+        runner = extra.get(part) or importlib.import_module(f"embeddings.bench.{part}").run
+        result.update(runner(options))
+        result[f"{part}_part_s"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

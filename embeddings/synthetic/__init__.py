@@ -1,0 +1,1 @@
+"""Generators of labelled embeddings with planted structure, for tests, benchmarks and demos."""

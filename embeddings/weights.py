@@ -1,0 +1,143 @@
+"""Where the encoder's checkpoint lives, fetching it when allowed, and loading it safely.
+
+Named checkpoints (``"vggface2"``, ``"casia-webface"``) are looked for exactly where
+facenet-pytorch's ``load_weights`` keeps them, ``<torch home>/checkpoints/<file name>``, so a
+cache filled by facenet-pytorch (or by hand) is found. The torch home is
+``EncoderConfig.torch_home`` when set, else facenet-pytorch's ``get_torch_home()`` rule:
+``$TORCH_HOME``, else ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``.
+
+There is never a silent fallback to random weights: a missing or unusable file raises
+:class:`~embeddings.errors.WeightsUnavailable` with a message that says which file to put where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from embeddings.config import EncoderConfig, PretrainedCfg
+from embeddings.errors import WeightsUnavailable
+
+__all__ = [
+    "OFFLINE_ENV",
+    "checkpoint_path",
+    "file_digest",
+    "load_state_dict_file",
+    "resolve_weights",
+    "torch_home",
+]
+
+# Belt and braces: even when the service allows downloads, this variable forbids them
+# (the test suite sets it so no test can reach for the internet).
+OFFLINE_ENV = "LATENTFACE_OFFLINE"
+
+_DOWNLOAD_TIMEOUT_S = 60.0
+
+
+def torch_home(config: EncoderConfig) -> Path:
+    """The torch home facenet-pytorch would use, unless the config names one."""
+    if config.torch_home is not None:
+        return Path(config.torch_home).expanduser()
+    # Same precedence as facenet_pytorch.models.inception_resnet_v1.get_torch_home.
+    default = os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(os.path.expanduser(os.getenv("TORCH_HOME", default)))
+
+
+def checkpoint_path(config: EncoderConfig) -> Path:
+    """The full path where a named checkpoint is expected (it may not exist)."""
+    cfg = config.pretrained
+    if cfg.file_name is None:
+        raise WeightsUnavailable(f"weights {config.weights!r} have no checkpoint file")
+    return torch_home(config) / "checkpoints" / cfg.file_name
+
+
+def resolve_weights(config: EncoderConfig, *, allow_download: bool = False) -> Path | None:
+    """The checkpoint file for ``config.weights``; ``None`` for seeded random weights.
+
+    A named checkpoint that is not on disk is downloaded from facenet-pytorch's release URL
+    only when ``allow_download`` is true and ``$LATENTFACE_OFFLINE`` is unset; otherwise, or
+    when the download fails, :class:`WeightsUnavailable` says which file to put at which path.
+    Any other value of ``weights`` is a path to a state-dict file, which must exist.
+    """
+    if config.weights == "random":
+        return None
+    cfg = config.pretrained
+    if cfg.name == "file":
+        path = Path(config.weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailable(
+                f"encoder weights file {str(path)!r} does not exist. Pass an existing state-dict file "
+                "(--weights /path/to/file.pt or LATENTFACE_WEIGHTS), or one of 'vggface2', 'casia-webface'."
+            )
+        return path
+    path = checkpoint_path(config)
+    if path.is_file():
+        return path
+    offline = bool(os.environ.get(OFFLINE_ENV))
+    if allow_download and not offline:
+        try:
+            _download(cfg, path)
+        except (OSError, ValueError) as exc:
+            raise WeightsUnavailable(_missing_message(cfg, path, f"download failed: {exc}")) from exc
+        return path
+    why = f"downloads are disabled (${OFFLINE_ENV} is set)" if offline else "downloads are disabled"
+    raise WeightsUnavailable(_missing_message(cfg, path, why))
+
+
+def _missing_message(cfg: PretrainedCfg, path: Path, why: str) -> str:
+    return (
+        f"encoder weights {cfg.name!r} are not available ({why}). "
+        f"Download {cfg.file_name} from {cfg.url} and put it at {path} "
+        f"(that is, {path.parent}/ must contain {cfg.file_name}); "
+        "or point the service at a state-dict file with --weights /path/to/file.pt or LATENTFACE_WEIGHTS."
+    )
+
+
+def _download(cfg: PretrainedCfg, dst: Path) -> None:
+    """Fetch ``cfg.url`` to ``dst`` through a temporary file, so a broken download never lands."""
+    if cfg.url is None:
+        raise ValueError(f"checkpoint {cfg.name!r} has no URL")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    request = urllib.request.Request(cfg.url, headers={"User-Agent": "latentface"})
+    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
+            shutil.copyfileobj(resp, out, length=1 << 20)
+        load_state_dict_file(Path(tmp_name))  # refuse to install something that is not a checkpoint
+        os.replace(tmp_name, dst)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Load a state dict with ``torch.load(weights_only=True)``; unusable files raise WeightsUnavailable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip, runtime and value errors alike
+        raise WeightsUnavailable(
+            f"cannot load encoder weights from {str(path)!r}: {type(exc).__name__}: {exc}. "
+            "The file is corrupt or not a PyTorch state dict; replace it."
+        ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a training checkpoint wrapping the state dict
+    if not isinstance(state, dict) or not state or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise WeightsUnavailable(f"{str(path)!r} does not hold a state dict of tensors; replace it.")
+    return state
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
