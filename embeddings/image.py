@@ -30,6 +30,11 @@ ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", 
 
 _DEFAULT_LIMITS = DecodeLimits()
 
+# Register every plugin now: Image.open(formats=...) looks each name up and fails on one whose
+# plugin Pillow has not lazily loaded yet. Keep only those this Pillow build has.
+Image.init()
+_OPEN_FORMATS = tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
 
 def decode_image(source: ImageSource, *, limits: DecodeLimits = _DEFAULT_LIMITS) -> np.ndarray:
     """Decode ``source`` to a C-contiguous H×W×3 uint8 RGB array, upright per its EXIF orientation.
@@ -40,6 +45,7 @@ def decode_image(source: ImageSource, *, limits: DecodeLimits = _DEFAULT_LIMITS)
     Raises ``ImageTooLarge`` when the encoded size or the pixel count is over ``limits``
     (checked before decoding), and ``InvalidImage`` for anything empty, truncated,
     undecodable, of an unsupported format, or with a side shorter than ``limits.min_side``.
+    An array already in the output form is returned as is (no copy), so it shares memory.
     """
     if isinstance(source, np.ndarray):
         return _from_array(source, limits)
@@ -82,19 +88,22 @@ def _check_dims(width: int, height: int, limits: DecodeLimits) -> None:
             f"image is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}"
         )
     if min(width, height) < limits.min_side:
-        raise InvalidImage(f"image is {width}x{height}, smaller than the minimum side of {limits.min_side} px")
+        raise InvalidImage(
+            f"image is {width}x{height}, smaller than the minimum side of {limits.min_side} px"
+        )
 
 
 def _from_bytes(data: bytes, limits: DecodeLimits) -> np.ndarray:
     _check_bytes(len(data), limits)
     try:
-        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        img = Image.open(io.BytesIO(data), formats=_OPEN_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow refuses at open() past 2x its own MAX_IMAGE_PIXELS (the warning only becomes
         # an exception under -W error); both mean "too many pixels".
         raise ImageTooLarge(f"image pixel count over the decompression-bomb limit: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
-        raise InvalidImage(f"unrecognised or unsupported image format (allowed: {', '.join(ALLOWED_FORMATS)})") from exc
+        allowed = ", ".join(_OPEN_FORMATS)
+        raise InvalidImage(f"unrecognised or unsupported image format (allowed: {allowed})") from exc
     except Exception as exc:  # Pillow's header parsers raise many types on hostile input
         raise InvalidImage(f"cannot parse image header: {exc}") from exc
     with img:

@@ -47,6 +47,8 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # A file holding an admin API key to accept (e.g. a mounted Kubernetes Secret); see service.auth.ensure_admin_key.
+    admin_key_file: Path | None = None
     metrics_port: int | None = None
     batch_max_size: int = 32
     batch_max_wait_ms: float = 5.0

@@ -130,7 +130,7 @@ class EmbeddingVAE:
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    total += float(loss) * batch.shape[0]
+                    total += float(loss.detach()) * batch.shape[0]
                 net.eval()
                 with torch.no_grad():
                     val_loss = float(self._loss(net, val, None).mean())

@@ -5,8 +5,8 @@ identities are centres in that space and their images scatter around them (``ide
 the 512-d embedding is a fixed random orthonormal lift of ``f`` plus isotropic noise, L2-normalised.
 The minority differs from the majority in one of three ways (``structure``):
 
-- ``"offset"``: its identity centres are shifted by ``separation`` inside a ``subspace_dim``-dimensional
-  subspace of the factors (a separable minority);
+- ``"offset"``: its identity centres sit ``separation`` away from the majority's inside a
+  ``subspace_dim``-dimensional subspace of the factors (a separable minority);
 - ``"correlation"``: on the first ``subspace_dim`` (>= 2) factors both groups have the same
   per-dimension marginals, but the sign pattern (the parity of the signs) differs, so only
   how the dimensions vary *together* tells them apart;
@@ -68,10 +68,11 @@ def make_group_embeddings(
         n_ids = max(1, int(np.ceil(count / images_per_identity)))
         centres = rng.standard_normal((n_ids, n_factors))
         planted = gi > 0
-        if planted and structure == "offset":
-            direction = np.zeros(n_factors)
-            direction[:subspace_dim] = 1.0 / np.sqrt(subspace_dim)
-            centres += separation * direction * (1 + (gi - 1) * 0.5)
+        if structure == "offset":
+            # Reference at -separation/2 along u, each planted group at +separation/2 along its own unit
+            # vector in the subspace: every group's centres have the same expected norm, so the final
+            # L2 normalisation does not shrink one group more than another (which would fake a density gap).
+            centres += 0.5 * separation * _direction(gi, subspace_dim, n_factors)
         owner = np.arange(count) % n_ids
         f = centres[owner] + identity_spread * rng.standard_normal((count, n_factors))
         if structure == "correlation":
@@ -96,3 +97,16 @@ def make_group_embeddings(
         groups={group_column: np.concatenate(groups)[order]},
         model_id="synthetic",
     )
+
+
+def _direction(group_index: int, subspace_dim: int, n_factors: int) -> np.ndarray:
+    """-u for the reference group, +u_g for planted group g (u_1 = u; later groups rotate within the subspace)."""
+    u = np.zeros(n_factors)
+    if group_index == 0:
+        u[:subspace_dim] = -1.0 / np.sqrt(subspace_dim)
+        return u
+    u[:subspace_dim] = 1.0 / np.sqrt(subspace_dim)
+    if group_index > 1:
+        u[(group_index - 2) % subspace_dim] *= -1.0
+        u[:subspace_dim] = np.roll(u[:subspace_dim], group_index - 1)
+    return u

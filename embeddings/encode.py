@@ -1,0 +1,257 @@
+"""The face encoder: facenet-pytorch's InceptionResnetV1 turning 160x160 crops into unit 512-d vectors.
+
+Two execution paths share one set of weights:
+
+* the **fast path** (``precision="bf16"``): eval-mode BatchNorm folded into the preceding
+  convolutions, channels-last memory format and bf16 autocast, under ``torch.inference_mode``;
+* the **fp32 path**: the plain facenet-pytorch module in fp32, exactly as facenet-pytorch runs it.
+
+``precision="auto"`` takes the fast path on CUDA devices with bf16 support and on CPUs with fast
+bf16 (AVX-512/AMX and oneDNN bf16 kernels); elsewhere bf16 is emulated and slower, so fp32.
+:meth:`FaceEncoder.encode_fp32_reference` always runs the plain fp32 path, so benchmarks and
+tests can compare the two on the same crops.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from facenet_pytorch import InceptionResnetV1
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from embeddings.config import EncoderConfig, PretrainedCfg
+from embeddings.errors import InvalidInput, Unavailable, WeightsUnavailable
+from embeddings.weights import file_digest, load_state_dict_file, resolve_weights
+
+__all__ = ["MODEL_FAMILY", "FaceEncoder", "resolve_device", "resolve_precision"]
+
+MODEL_FAMILY = "facenet-inception-resnet-v1"
+_REFERENCE_BATCH = 32
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; explicit devices are checked."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise InvalidInput(f"unknown encoder device {device!r}") from exc
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise Unavailable(f"encoder device {device!r} requested but CUDA is not available")
+    if parsed.type not in ("cpu", "cuda"):
+        raise InvalidInput(f"encoder device must be cpu or cuda, got {device!r}")
+    return str(parsed)
+
+
+def _cpu_has_fast_bf16() -> bool:
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if "AVX512" not in capability and "AMX" not in capability:
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``"auto"`` → ``"bf16"`` where the hardware runs bf16 fast, else ``"fp32"``."""
+    if precision != "auto":
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_fast_bf16() else "fp32"
+
+
+def _seeded_init(model: nn.Module, seed: int) -> None:
+    """Fill every parameter and buffer from a local generator, so ``seed`` alone fixes the weights.
+
+    Convolutions and linear layers get He-normal weights (variance preserved through ReLUs, so the
+    signal neither vanishes nor explodes over the ~100 layers); biases zero; BatchNorm identity.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+                module.running_mean.zero_()
+                module.running_var.fill_(1.0)
+                module.num_batches_tracked.zero_()
+    _calibrate_batchnorm(model, gen)
+
+
+def _calibrate_batchnorm(model: InceptionResnetV1, gen: torch.Generator, n: int = 16) -> None:
+    """Set the final BatchNorm's statistics from seeded smooth-noise images (a data-dependent init).
+
+    With an identity final BatchNorm a random network maps every input to nearly the same
+    direction (ReLU outputs share a positive mean); centring the 512 outputs makes
+    random embeddings of different images differ, as trained ones do, so tests comparing faces
+    mean something. Only the last layer is calibrated: calibrating the inner BatchNorms too makes
+    the random network chaotic, so bf16 and fp32 would disagree far more than with real weights.
+    """
+    size = 160
+    low = torch.randn((n, 3, size // 16, size // 16), generator=gen)
+    x = nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    x = (0.5 * x + 0.1 * torch.randn((n, 3, size, size), generator=gen)).clamp(-1.0, 1.0)
+    features: list[torch.Tensor] = []
+    hook = model.last_bn.register_forward_hook(lambda _m, inputs, _out: features.append(inputs[0]))
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        model.last_bn.running_mean.copy_(features[0].mean(dim=0))
+        # One shared scale: per-dimension scaling would magnify rounding noise in quiet dimensions.
+        model.last_bn.running_var.fill_(features[0].var(dim=0).mean().item())
+
+
+@functools.lru_cache(maxsize=1)
+def _random_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    """Seeded random weights, kept for reuse: building them takes seconds and they never change."""
+    with torch.device("meta"):
+        model = InceptionResnetV1(classify=False)
+    model = model.to_empty(device="cpu")
+    _seeded_init(model, seed)
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def _fold_batchnorm(model: InceptionResnetV1) -> InceptionResnetV1:
+    """Fold eval-mode BatchNorms into the layer before them (same maths, fewer passes over memory)."""
+    for module in model.modules():
+        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(conv, bn)
+            module.bn = nn.Identity()
+    model.last_linear = fuse_linear_bn_eval(model.last_linear, model.last_bn)
+    model.last_bn = nn.Identity()
+    return model
+
+
+class FaceEncoder:
+    """Embeds aligned 160x160 RGB face crops as L2-normalised 512-d float32 vectors.
+
+    Weights come from ``config.weights`` (see :func:`embeddings.weights.resolve_weights`);
+    ``"random"`` builds seeded random weights whose ``model_id`` says NOT-FOR-PRODUCTION.
+    """
+
+    embedding_dim: int
+    crop_size: int
+    model_id: str
+    device: str
+    precision: str
+
+    def __init__(self, config: EncoderConfig = EncoderConfig(), *, allow_download: bool = False) -> None:
+        self.config = config
+        self._pretrained: PretrainedCfg = config.pretrained
+        self.embedding_dim = self._pretrained.embedding_dim
+        self.crop_size = self._pretrained.crop_size
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self._weights_path = resolve_weights(config, allow_download=allow_download)
+        if self._weights_path is None:
+            self.model_id = f"{MODEL_FAMILY}/RANDOM-seed{config.seed}-NOT-FOR-PRODUCTION"
+        elif self._pretrained.name == "file":
+            self.model_id = f"{MODEL_FAMILY}/file-{file_digest(self._weights_path)[:12]}"
+        else:
+            self.model_id = f"{MODEL_FAMILY}/{self._pretrained.name}"
+        self._lock = threading.Lock()
+        plain = self._build_plain()
+        if self.precision == "bf16":
+            self._model = _fold_batchnorm(plain).to(memory_format=torch.channels_last)
+            self._reference: InceptionResnetV1 | None = None  # rebuilt on demand; saves ~90 MB
+        else:
+            self._model = plain
+            self._reference = plain
+
+    @property
+    def is_random(self) -> bool:
+        """True when the weights are seeded random ones (results are meaningless for recognition)."""
+        return self._weights_path is None
+
+    def __repr__(self) -> str:
+        return f"FaceEncoder(model_id={self.model_id!r}, device={self.device!r}, precision={self.precision!r})"
+
+    def _build_plain(self) -> InceptionResnetV1:
+        """The unmodified facenet-pytorch module in fp32 and eval mode, weights loaded, on the device."""
+        # Built on the meta device: no memory is initialised and the global RNG is never touched.
+        with torch.device("meta"):
+            model = InceptionResnetV1(classify=False)
+        model = model.to_empty(device="cpu")
+        if self._weights_path is None:
+            model.load_state_dict(_random_state_dict(self.config.seed), strict=True)
+        else:
+            state = load_state_dict_file(self._weights_path)
+            # facenet's checkpoints carry the training classifier (logits.*); embeddings never use it.
+            state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise WeightsUnavailable(
+                    f"{str(self._weights_path)!r} is not an InceptionResnetV1 state dict: {exc}"
+                ) from exc
+        return model.eval().to(self.device)
+
+    @property
+    def reference_model(self) -> InceptionResnetV1:
+        """The plain fp32 facenet-pytorch module with this encoder's weights (built lazily)."""
+        with self._lock:
+            if self._reference is None:
+                self._reference = self._build_plain()
+            return self._reference
+
+    def _check(self, crops: np.ndarray) -> np.ndarray:
+        size = self.crop_size
+        if not isinstance(crops, np.ndarray):
+            raise InvalidInput(f"crops must be a numpy array, got {type(crops).__name__}")
+        if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (size, size, 3):
+            raise InvalidInput(
+                f"crops must be uint8 of shape (N, {size}, {size}, 3), got {crops.dtype} {crops.shape}"
+            )
+        return np.ascontiguousarray(crops)
+
+    def _batches(self, crops: np.ndarray, batch_size: int) -> Iterator[tuple[slice, torch.Tensor]]:
+        mean, std = self._pretrained.mean, self._pretrained.std
+        for start in range(0, len(crops), batch_size):
+            part = slice(start, start + batch_size)
+            nhwc = torch.from_numpy(crops[part]).to(self.device, non_blocking=True)
+            # NHWC permuted to NCHW is exactly the channels-last layout: no copy needed for the fast path.
+            yield part, (nhwc.permute(0, 3, 1, 2).float() - mean) / std
+
+    def _run(self, model: nn.Module, crops: np.ndarray, batch_size: int, *, fast: bool) -> np.ndarray:
+        crops = self._check(crops)
+        out = np.empty((len(crops), self.embedding_dim), dtype=np.float32)
+        device_type = torch.device(self.device).type
+        grad_off = torch.inference_mode() if fast else torch.no_grad()
+        with grad_off:
+            for part, x in self._batches(crops, batch_size):
+                if fast:
+                    with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+                        y = model(x)
+                else:
+                    y = model(x.contiguous())
+                # Re-normalise in fp32: bf16 outputs are unit-norm only to ~3 significant digits.
+                y = nn.functional.normalize(y.float(), p=2.0, dim=1)
+                out[part] = y.cpu().numpy()
+        return out
+
+    def encode(self, crops: np.ndarray) -> np.ndarray:
+        """Embed uint8 crops of shape (N, 160, 160, 3) RGB → float32 (N, 512), rows of unit L2 norm."""
+        return self._run(self._model, crops, self.config.batch_size, fast=self.precision == "bf16")
+
+    def encode_fp32_reference(self, crops: np.ndarray, *, batch_size: int = _REFERENCE_BATCH) -> np.ndarray:
+        """Embed with facenet-pytorch's plain fp32 module (no folding, NCHW, no autocast): the baseline."""
+        if batch_size < 1:
+            raise InvalidInput("batch_size must be >= 1")
+        return self._run(self.reference_model, crops, batch_size, fast=False)

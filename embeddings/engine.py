@@ -1,0 +1,221 @@
+"""FaceEngine: the domain facade the gRPC servicers and the CLI call (like KServe's dataplane).
+
+It joins the image pipeline (decode → detect → quality → align → encode) with the gallery and
+the matching rules, so adapters only convert requests and responses. Enrollment from images
+embeds and checks EVERY image first and stores nothing if any fails; verification reports the
+quality verdicts without enforcing them. Every decision carries score, threshold and model id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from embeddings import match
+from embeddings.errors import InvalidInput, Unavailable
+from embeddings.gallery import CollectionStats, Gallery
+from embeddings.match import CalibrationResult
+from embeddings.store import CollectionRecord, EnrollResult, SubjectRecord
+from embeddings.types import Candidate, DetectedFace, FaceEmbedding, MatchDecision
+
+__all__ = ["FaceEngine", "IdentifyResult", "VerifyResult"]
+
+
+class Pipeline(Protocol):
+    """What the engine needs of ``embeddings.pipeline.FacePipeline``."""
+
+    model_id: str
+
+    def detect(self, source: Any) -> list[DetectedFace]: ...
+
+    def embed(self, source: Any) -> list[FaceEmbedding]: ...
+
+    def embed_one(self, source: Any, *, require_quality: bool) -> FaceEmbedding: ...
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A 1:1 decision and the faces it was made from (``face_b`` is None against a subject)."""
+
+    decision: MatchDecision
+    face_a: DetectedFace | None
+    face_b: DetectedFace | None
+
+
+@dataclass(frozen=True)
+class IdentifyResult:
+    """The probe face and the top subjects found for it."""
+
+    face: DetectedFace | None
+    candidates: list[Candidate]
+
+
+def _quality_record(face: DetectedFace | None) -> dict[str, Any] | None:
+    if face is None:
+        return None
+    return {"reasons": list(face.quality.reasons), "probability": face.probability, "box": list(face.box)}
+
+
+class FaceEngine:
+    """Images and embeddings in, decisions and gallery changes out. ``pipeline`` may be None for an
+    embeddings-only engine (image calls then raise :class:`Unavailable`)."""
+
+    def __init__(self, pipeline: Pipeline | None, gallery: Gallery) -> None:
+        self._pipeline = pipeline
+        self.gallery = gallery
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            raise Unavailable("this engine has no image pipeline; only embedding calls are available")
+        return self._pipeline
+
+    @property
+    def model_id(self) -> str | None:
+        return self._pipeline.model_id if self._pipeline is not None else None
+
+    # ------------------------------------------------------------------ images
+    def detect(self, image: Any) -> list[DetectedFace]:
+        return self.pipeline.detect(image)
+
+    def embed(self, image: Any) -> list[FaceEmbedding]:
+        return self.pipeline.embed(image)
+
+    def enroll(
+        self,
+        collection: str,
+        subject_id: str,
+        images: Sequence[Any],
+        *,
+        display_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        groups: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> EnrollResult:
+        """Enroll the best face of each image.
+
+        NoFaceFound / QualityRejected if any image fails; then nothing is stored.
+        """
+        if not images:
+            raise InvalidInput("enroll needs at least one image")
+        self.gallery.get_collection(collection)  # fail fast before the expensive part
+        pipeline = self.pipeline
+        embs = [pipeline.embed_one(img, require_quality=True) for img in images]  # all validated first
+        return self.gallery.enroll(
+            collection,
+            subject_id,
+            np.stack([e.vector for e in embs]),
+            model_id=pipeline.model_id,
+            qualities=[_quality_record(e.face) for e in embs],
+            display_name=display_name,
+            metadata=metadata,
+            groups=groups,
+            request_id=request_id,
+        )
+
+    def verify_images(
+        self, a: Any, b: Any, *, collection: str | None = None, threshold: float | None = None
+    ) -> VerifyResult:
+        """Same person in both images? Threshold: explicit, else the collection's, else the default."""
+        ea = self.pipeline.embed_one(a, require_quality=False)
+        eb = self.pipeline.embed_one(b, require_quality=False)
+        decision = match.verify(ea, eb, threshold=self._threshold(collection, threshold))
+        return VerifyResult(decision, ea.face, eb.face)
+
+    def verify_subject(
+        self, image: Any, collection: str, subject_id: str, *, threshold: float | None = None
+    ) -> VerifyResult:
+        e = self.pipeline.embed_one(image, require_quality=False)
+        decision = match.verify_subject(
+            self.gallery, collection, e, e.model_id, subject_id, threshold=threshold
+        )
+        return VerifyResult(decision, e.face, None)
+
+    def identify(
+        self, image: Any, collection: str, *, k: int = 5, threshold: float | None = None
+    ) -> IdentifyResult:
+        e = self.pipeline.embed_one(image, require_quality=False)
+        found = match.identify(self.gallery, collection, e, e.model_id, k=k, threshold=threshold)
+        return IdentifyResult(e.face, found)
+
+    # ------------------------------------------------------------------ embeddings
+    def enroll_embeddings(
+        self,
+        collection: str,
+        subject_id: str,
+        vectors: Any,
+        model_id: str,
+        *,
+        display_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        groups: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> EnrollResult:
+        return self.gallery.enroll(
+            collection,
+            subject_id,
+            vectors,
+            model_id=model_id,
+            display_name=display_name,
+            metadata=metadata,
+            groups=groups,
+            request_id=request_id,
+        )
+
+    def verify_embedding(
+        self, vector: Any, model_id: str, collection: str, subject_id: str, *, threshold: float | None = None
+    ) -> MatchDecision:
+        return match.verify_subject(
+            self.gallery, collection, vector, model_id, subject_id, threshold=threshold
+        )
+
+    def identify_embedding(
+        self, vector: Any, model_id: str, collection: str, *, k: int = 5, threshold: float | None = None
+    ) -> list[Candidate]:
+        return match.identify(self.gallery, collection, vector, model_id, k=k, threshold=threshold)
+
+    def _threshold(self, collection: str | None, threshold: float | None) -> float:
+        if threshold is not None:
+            return float(threshold)
+        if collection is not None:
+            return self.gallery.get_collection(collection).threshold
+        return self.gallery.config.default_threshold
+
+    # ------------------------------------------------------------------ pass-throughs
+    def create_collection(self, name: str, *, threshold: float | None = None) -> CollectionRecord:
+        return self.gallery.create_collection(name, threshold=threshold)
+
+    def list_collections(self) -> list[CollectionRecord]:
+        return self.gallery.list_collections()
+
+    def delete_collection(self, name: str) -> None:
+        self.gallery.delete_collection(name)
+
+    def collection_stats(self, name: str) -> CollectionStats:
+        return self.gallery.collection_stats(name)
+
+    def set_threshold(self, name: str, threshold: float) -> None:
+        self.gallery.set_threshold(name, threshold)
+
+    def calibrate(self, scores: Any, labels: Any, *, target_fmr: float) -> CalibrationResult:
+        return match.calibrate(scores, labels, target_fmr=target_fmr)
+
+    def get_subject(self, collection: str, subject_id: str) -> SubjectRecord:
+        return self.gallery.get_subject(collection, subject_id)
+
+    def list_subjects(
+        self, collection: str, *, page_size: int = 100, page_token: str | None = None
+    ) -> tuple[list[SubjectRecord], str | None]:
+        return self.gallery.list_subjects(collection, page_size=page_size, page_token=page_token)
+
+    def delete_subject(self, collection: str, subject_id: str) -> list[int]:
+        return self.gallery.delete_subject(collection, subject_id)
+
+    def delete_face(self, collection: str, face_id: int) -> str:
+        return self.gallery.delete_face(collection, face_id)
+
+    def close(self) -> None:
+        self.gallery.close()

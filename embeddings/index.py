@@ -1,0 +1,498 @@
+"""One collection's vector index: exact while small, ANN past a size threshold, always exact scores.
+
+The index keeps every live vector in an in-memory float32 table sorted by face id (ids are
+handed out in increasing order by the store, so appends keep it sorted). That table is the
+exact search while the collection is small (a BLAS matrix product: what ``IndexFlatIP``
+computes, without a second copy of the vectors) and the re-rank source once an ANN index
+(a FAISS factory string, ``IVF{nlist},Flat`` by default) answers the candidate search, so
+returned scores are always exact cosines of L2-normalised vectors.
+
+Deletes flip a live bit in the table and call ``remove_ids`` on the ANN index; where the
+ANN index cannot remove (HNSW) the id stays there as a tombstone that the table filters out,
+and the index is rebuilt once tombstones pile up. ANN builds run aside (from a consistent
+view of the table, without holding the lock) and are swapped in after the changes made
+meanwhile are applied, so searches are not blocked by a build.
+
+Snapshots are one file: a JSON header, the ids, the vectors and the serialised ANN index,
+written to a temp file, fsynced and renamed over the old one. Loading maps the ids and
+vectors (copy-on-write on the first change) so a restart costs little more than reading
+the ANN index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from embeddings.config import IndexConfig
+from embeddings.errors import InvalidInput, StorageError
+
+__all__ = ["VectorIndex", "nlist_for"]
+
+_MAGIC = b"LFIDX001"
+_ALIGN = 64
+# Build the ANN index again when the collection has grown this much since the last build.
+_REBUILD_GROWTH = 4.0
+# Rebuild when this fraction of the ANN index is tombstones (indexes that cannot remove).
+_TOMBSTONE_FRACTION = 0.2
+# Query rows × table rows per exact-search block (bounds the temporary score matrix).
+_EXACT_BLOCK = 1 << 24
+
+
+def nlist_for(n: int) -> int:
+    """IVF list count for ``n`` vectors: ~4·sqrt(n) as a power of two, ≥ 39 points per list, ≤ 65536."""
+    target = 2 ** round(math.log2(max(1.0, 4.0 * math.sqrt(max(n, 1)))))
+    cap = 2 ** int(math.log2(max(1, n // 39))) if n >= 39 else 1
+    return int(max(1, min(target, cap, 65536)))
+
+
+class _RWLock:
+    """Many readers or one writer; a waiting writer holds new readers back so it cannot starve."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _as_matrix(x: np.ndarray, dim: int, what: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim != 2 or a.shape[1] != dim:
+        raise InvalidInput(f"{what} must have shape (n, {dim}), got {np.shape(x)}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise InvalidInput(f"{what} contain NaN or infinite values")
+    return a
+
+
+class VectorIndex:
+    """Search structure of one collection (face ids → unit vectors). Thread-safe.
+
+    ``add`` expects L2-normalised float32 vectors (the gallery normalises them);
+    ``search`` returns exact cosine scores, best first, padded with id -1 / score -inf.
+    """
+
+    def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
+        if dim < 1:
+            raise InvalidInput("dim must be >= 1")
+        self.dim = int(dim)
+        self.config = config or IndexConfig()
+        self._lock = _RWLock()
+        self._build_lock = threading.Lock()
+        self._ids = np.empty(0, np.int64)
+        self._vecs = np.empty((0, self.dim), np.float32)
+        self._alive = np.empty(0, bool)
+        self._n = 0  # rows used in the table
+        self._dead = 0  # rows of the table that are deleted
+        self._owned = True  # False while the table is a read-only map of a snapshot
+        self._ann: faiss.Index | None = None
+        self._ann_kind = "flat"
+        self._ann_removable = True
+        self._ann_tombstones = 0
+        self._built_n = 0
+        self.applied_seq = 0  # last store change-log seq reflected here (the gallery sets it)
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def ntotal(self) -> int:
+        """Live vectors."""
+        return self._n - self._dead
+
+    @property
+    def kind(self) -> str:
+        """``"flat"`` (exact) or the ANN factory string in use."""
+        return self._ann_kind
+
+    def ids(self) -> np.ndarray:
+        """Sorted ids of the live vectors."""
+        with self._lock.read():
+            return self._ids[: self._n][self._alive[: self._n]].copy()
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of ``ids`` (KeyError-free: missing ids raise InvalidInput)."""
+        with self._lock.read():
+            rows, ok = self._rows_of(np.asarray(ids, np.int64))
+            if not ok.all():
+                raise InvalidInput("some ids are not in the index")
+            return self._vecs[rows].copy()
+
+    def _rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        table = self._ids[: self._n]
+        rows = np.searchsorted(table, ids)
+        rows = np.minimum(rows, max(self._n - 1, 0))
+        ok = (self._n > 0) & (table[rows] == ids) if self._n else np.zeros(ids.shape, bool)
+        ok = ok & self._alive[: self._n][rows] if self._n else ok
+        return rows, ok
+
+    # ------------------------------------------------------------------ mutation
+    def _own_table(self, extra: int) -> None:
+        """Make the table writable with room for ``extra`` more rows (amortised growth)."""
+        need = self._n + extra
+        if self._owned and need <= len(self._ids):
+            return
+        cap = max(need, int(len(self._ids) * 1.5), 1024) if self._owned else max(need, 1024)
+        ids = np.empty(cap, np.int64)
+        vecs = np.empty((cap, self.dim), np.float32)
+        alive = np.zeros(cap, bool)
+        ids[: self._n] = self._ids[: self._n]
+        vecs[: self._n] = self._vecs[: self._n]
+        alive[: self._n] = self._alive[: self._n]
+        self._ids, self._vecs, self._alive, self._owned = ids, vecs, alive, True
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, *, seq: int | None = None) -> None:
+        """Add vectors under new ids; ids already present are skipped (replay is idempotent).
+
+        ``seq`` is the store change-log sequence this add reflects; it is recorded atomically
+        with the change so a snapshot never claims a change it does not hold.
+        """
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        vecs = _as_matrix(vectors, self.dim, "vectors")
+        if len(ids) != len(vecs):
+            raise InvalidInput("need one id per vector")
+        if (ids < 0).any():
+            raise InvalidInput("ids must be non-negative")
+        with self._lock.write():
+            self._add_locked(ids, vecs)
+            if seq is not None:  # only once the change is in
+                self.applied_seq = max(self.applied_seq, int(seq))
+
+    def _add_locked(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        if not len(ids):
+            return
+        _, present = self._rows_of(ids)
+        if present.any():
+            ids, vecs = ids[~present], vecs[~present]
+            if not len(ids):
+                return
+        order = np.argsort(ids, kind="stable")
+        ids, vecs = ids[order], vecs[order]
+        if len(np.unique(ids)) != len(ids):
+            raise InvalidInput("duplicate ids in one add")
+        if self._n and ids[0] <= self._ids[self._n - 1]:
+            self._merge(ids, vecs)
+        else:
+            self._own_table(len(ids))
+            self._ids[self._n : self._n + len(ids)] = ids
+            self._vecs[self._n : self._n + len(ids)] = vecs
+            self._alive[self._n : self._n + len(ids)] = True
+            self._n += len(ids)
+        if self._ann is not None:
+            self._ann_add(self._ann, ids, vecs)
+
+    def _merge(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        # Out-of-order ids (rare: a replay or a re-add of an old id): rebuild the table sorted.
+        # Rows of dead ids equal to a new id are dropped so the table stays unique.
+        n = self._n
+        keep = self._alive[:n] | ~np.isin(self._ids[:n], ids)
+        all_ids = np.concatenate([self._ids[:n][keep], ids])
+        order = np.argsort(all_ids, kind="stable")
+        self._ids = all_ids[order]
+        self._vecs = np.concatenate([self._vecs[:n][keep], vecs])[order]
+        self._alive = np.concatenate([self._alive[:n][keep], np.ones(len(ids), bool)])[order]
+        self._n = len(self._ids)
+        self._dead = int(self._n - self._alive.sum())
+        self._owned = True
+
+    def remove(self, ids: np.ndarray, *, seq: int | None = None) -> int:
+        """Delete ids; unknown ids are ignored. Returns how many were removed. ``seq`` as in :meth:`add`."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+        with self._lock.write():
+            removed = self._remove_locked(ids)
+            if seq is not None:  # only once the change is in
+                self.applied_seq = max(self.applied_seq, int(seq))
+            return removed
+
+    def _remove_locked(self, ids: np.ndarray) -> int:
+        if not len(ids):
+            return 0
+        rows, ok = self._rows_of(ids)
+        rows = rows[ok]
+        if not len(rows):
+            return 0
+        # Only the live bits change: a snapshot-mapped table stays mapped.
+        self._alive[rows] = False
+        self._dead += len(rows)
+        if self._ann is not None:
+            self._ann_remove(self._ann, ids[ok])
+        if self._dead > max(1024, self._n // 4):
+            self._compact()
+        return int(len(rows))
+
+    def _compact(self) -> None:
+        # New arrays, never in place: a build running aside may hold views of the old ones.
+        live = self._alive[: self._n]
+        self._ids = self._ids[: self._n][live].copy()
+        self._vecs = self._vecs[: self._n][live].copy()
+        self._alive = np.ones(len(self._ids), bool)
+        self._n = len(self._ids)
+        self._dead = 0
+
+    # ------------------------------------------------------------------ ANN plumbing
+    def _new_ann(self, n: int) -> tuple[faiss.Index, str, bool]:
+        factory = self.config.ann_factory.format(nlist=nlist_for(n))
+        try:
+            index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise InvalidInput(f"bad index factory string {factory!r}: {exc}") from exc
+        try:
+            ivf = faiss.extract_index_ivf(index)
+        except RuntimeError:
+            ivf = None
+        if ivf is not None:
+            ivf.nprobe = self.config.nprobe
+            return index, factory, True
+        hnsw = getattr(index, "hnsw", None)
+        if hnsw is not None:
+            hnsw.efSearch = max(2 * self.config.rerank_k, 64)
+        # Indexes without ids of their own (HNSW, flat codes) get an id map; they may not remove.
+        return faiss.IndexIDMap2(index), factory, False
+
+    @staticmethod
+    def _ann_add(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray) -> None:
+        try:
+            index.add_with_ids(vecs, ids)
+        except RuntimeError as exc:
+            raise StorageError(f"adding to the ANN index failed: {exc}") from exc
+
+    def _ann_remove(self, index: faiss.Index, ids: np.ndarray) -> None:
+        if self._ann_removable:
+            try:
+                index.remove_ids(faiss.IDSelectorBatch(ids))
+                return
+            except RuntimeError:
+                self._ann_removable = False  # this index type cannot remove: fall back to tombstones
+        self._ann_tombstones += len(ids)
+
+    def needs_build(self) -> bool:
+        """True when the policy wants an ANN (re)build: past the threshold, grown 4x, or many tombstones."""
+        n = self.ntotal
+        if n < self.config.ann_threshold:
+            return False
+        if self._ann is None:
+            return True
+        if n > _REBUILD_GROWTH * max(self._built_n, 1):
+            return True
+        return self._ann_tombstones > _TOMBSTONE_FRACTION * max(self._ann.ntotal, 1)
+
+    def build(self, *, seed: int = 0) -> None:
+        """Build the ANN index from the current vectors aside, then swap it in.
+
+        Searches keep using the previous structure while this runs; changes made meanwhile are
+        applied to the new index before the swap. Below the threshold this drops to exact mode.
+        """
+        with self._build_lock:
+            with self._lock.read():
+                n = self._n
+                ids, vecs, alive = self._ids[:n], self._vecs[:n], self._alive[:n].copy()
+            rows = np.flatnonzero(alive)
+            if len(rows) < self.config.ann_threshold:
+                with self._lock.write():
+                    self._ann, self._ann_kind, self._ann_tombstones, self._built_n = None, "flat", 0, 0
+                return
+            index, factory, removable = self._new_ann(len(rows))
+            try:
+                if not index.is_trained:
+                    nl = nlist_for(len(rows))
+                    m = min(len(rows), max(40 * nl, 10_000))
+                    sample = np.sort(np.random.default_rng(seed).choice(rows, size=m, replace=False))
+                    index.train(np.ascontiguousarray(vecs[sample]))
+                for start in range(0, len(rows), 65536):
+                    r = rows[start : start + 65536]
+                    index.add_with_ids(np.ascontiguousarray(vecs[r]), np.ascontiguousarray(ids[r]))
+            except RuntimeError as exc:
+                raise StorageError(f"building the ANN index {factory!r} failed: {exc}") from exc
+            built_ids = ids[rows]
+            with self._lock.write():
+                cur = self._ids[: self._n][self._alive[: self._n]]
+                added = np.setdiff1d(cur, built_ids, assume_unique=True)
+                removed = np.setdiff1d(built_ids, cur, assume_unique=True)
+                if len(added):
+                    r, _ = self._rows_of(added)
+                    self._ann_add(index, added, np.ascontiguousarray(self._vecs[r]))
+                self._ann, self._ann_kind, self._ann_removable = index, factory, removable
+                self._ann_tombstones = 0
+                if len(removed):
+                    self._ann_remove(index, removed)
+                self._built_n = len(cur)
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores (Q, k) float32, ids (Q, k) int64) by exact cosine; -1 / -inf padding."""
+        if k < 1:
+            raise InvalidInput("k must be >= 1")
+        q = _as_matrix(queries, self.dim, "queries")
+        with self._lock.read():
+            if self._ann is None:
+                return self._search_exact(q, k)
+            return self._search_ann(q, k)
+
+    def _search_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        n = self._n
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        out = np.full((len(q), k), -1, np.int64)
+        if self.ntotal == 0:
+            return scores, out
+        kk = min(k, self.ntotal)
+        dead = ~self._alive[:n]
+        block = max(1, _EXACT_BLOCK // max(n, 1))
+        for s in range(0, len(q), block):
+            sim = q[s : s + block] @ self._vecs[:n].T
+            sim[:, dead] = -np.inf
+            if kk < n:
+                top = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
+            else:
+                top = np.tile(np.arange(n), (len(sim), 1))
+            ts = np.take_along_axis(sim, top, axis=1)
+            order = np.argsort(-ts, axis=1, kind="stable")
+            top, ts = np.take_along_axis(top, order, axis=1), np.take_along_axis(ts, order, axis=1)
+            scores[s : s + block, :kk] = ts[:, :kk]
+            out[s : s + block, :kk] = self._ids[top[:, :kk]]
+        return scores, out
+
+    def _search_ann(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self._ann is not None
+        kk = min(max(k, self.config.rerank_k) + self._ann_tombstones, max(int(self._ann.ntotal), 1))
+        try:
+            _, cand = self._ann.search(q, kk)
+        except RuntimeError as exc:
+            raise StorageError(f"ANN search failed: {exc}") from exc
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        out = np.full((len(q), k), -1, np.int64)
+        rows, ok = self._rows_of(cand.ravel())
+        rows, ok = rows.reshape(cand.shape), ok.reshape(cand.shape) & (cand >= 0)
+        # Exact re-rank from the stored vectors: the returned scores are true cosines.
+        exact = np.einsum("qkd,qd->qk", self._vecs[rows], q)
+        exact[~ok] = -np.inf
+        kk = min(k, cand.shape[1])
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :kk]
+        top = np.take_along_axis(exact, order, axis=1)
+        ids = np.where(np.isfinite(top), np.take_along_axis(cand, order, axis=1), -1)
+        scores[:, :kk], out[:, :kk] = top, ids
+        return scores, out
+
+    # ------------------------------------------------------------------ snapshots
+    def save(self, path: Path, *, meta: dict[str, Any] | None = None) -> int:
+        """Write a snapshot atomically (temp file, fsync, rename, fsync dir); returns the seq it covers."""
+        path = Path(path)
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}-{threading.get_ident()}")
+        with self._lock.read():
+            live = self._alive[: self._n]
+            ids = self._ids[: self._n][live]
+            header = {
+                "dim": self.dim,
+                "n": int(len(ids)),
+                "kind": self._ann_kind,
+                "removable": self._ann_removable,
+                "tombstones": self._ann_tombstones,
+                "built_n": self._built_n,
+                "seq": self.applied_seq,
+                "has_ann": self._ann is not None,
+                "meta": meta or {},
+            }
+            raw = json.dumps(header).encode()
+            head_len = -(-(len(_MAGIC) + 8 + len(raw)) // _ALIGN) * _ALIGN
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(_MAGIC + struct.pack("<Q", head_len) + raw)
+                    f.write(b"\0" * (head_len - len(_MAGIC) - 8 - len(raw)))
+                    f.write(np.ascontiguousarray(ids).tobytes())
+                    pad = (-f.tell()) % _ALIGN
+                    f.write(b"\0" * pad)
+                    for s in range(0, self._n, 65536):
+                        blk = self._vecs[s : min(s + 65536, self._n)][live[s : s + 65536]]
+                        f.write(np.ascontiguousarray(blk).tobytes())
+                    if self._ann is not None:
+                        faiss.write_index(self._ann, faiss.PyCallbackIOWriter(f.write))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                dfd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            except (OSError, RuntimeError) as exc:
+                tmp.unlink(missing_ok=True)
+                raise StorageError(f"writing index snapshot {path} failed: {exc}") from exc
+            return int(header["seq"])
+
+    @classmethod
+    def load(cls, path: Path, config: IndexConfig | None = None) -> tuple[VectorIndex, dict[str, Any]]:
+        """Open a snapshot written by :meth:`save`; returns (index, the ``meta`` saved with it)."""
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(len(_MAGIC))
+                if magic != _MAGIC:
+                    raise StorageError(f"{path} is not an index snapshot")
+                (head_len,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(head_len - len(_MAGIC) - 8).rstrip(b"\0"))
+                dim, n = int(header["dim"]), int(header["n"])
+                ids_off = head_len
+                vec_off = ids_off + 8 * n + ((-(ids_off + 8 * n)) % _ALIGN)
+                ann_off = vec_off + 4 * n * dim
+                index = cls(dim, config)
+                if n:
+                    index._ids = np.memmap(path, np.int64, "r", offset=ids_off, shape=(n,))
+                    index._vecs = np.memmap(path, np.float32, "r", offset=vec_off, shape=(n, dim))
+                    index._owned = False
+                index._alive = np.ones(n, bool)
+                index._n = n
+                if header["has_ann"]:
+                    f.seek(ann_off)
+                    ann = faiss.read_index(faiss.PyCallbackIOReader(f.read))
+                    try:
+                        faiss.extract_index_ivf(ann).nprobe = index.config.nprobe
+                    except RuntimeError:
+                        pass  # not an IVF index: nothing to probe
+                    index._ann = ann
+                    index._ann_kind = header["kind"]
+                    index._ann_removable = header["removable"]
+                    index._ann_tombstones = header["tombstones"]
+                    index._built_n = header["built_n"]
+                index.applied_seq = int(header["seq"])
+        except (OSError, ValueError, KeyError, RuntimeError, struct.error) as exc:
+            raise StorageError(f"reading index snapshot {path} failed: {exc}") from exc
+        return index, header["meta"]

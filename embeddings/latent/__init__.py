@@ -1,0 +1,49 @@
+"""Latent density analysis (DB-VAE, done properly): find under-represented faces without demographic labels.
+
+A small VAE maps embeddings to latent means μ; a density estimator on μ (``histogram`` — the DB-VAE
+reference —, ``knn`` or ``gmm``) gives each sample a density; sampling weights ∝ 1/(density + α)
+rebalance the data; clusters of low density name the under-represented regions.
+"""
+
+from __future__ import annotations
+
+from embeddings.latent.analysis import DEFAULT_ALPHA, DEFAULT_METHOD, AnalysisResult, run_analysis
+from embeddings.latent.clusters import Cluster, find_clusters, kmeans_labels
+from embeddings.latent.density import (
+    METHODS,
+    DensityEstimator,
+    GMMDensity,
+    HistogramDensity,
+    KNNDensity,
+    make_estimator,
+)
+from embeddings.latent.vae import EmbeddingVAE
+from embeddings.latent.weights import (
+    clip_weights,
+    effective_sample_size,
+    inverse_density_weights,
+    relative_density,
+    weighted_sampler,
+)
+
+__all__ = [
+    "AnalysisResult",
+    "Cluster",
+    "DEFAULT_ALPHA",
+    "DEFAULT_METHOD",
+    "DensityEstimator",
+    "EmbeddingVAE",
+    "GMMDensity",
+    "HistogramDensity",
+    "KNNDensity",
+    "METHODS",
+    "clip_weights",
+    "effective_sample_size",
+    "find_clusters",
+    "inverse_density_weights",
+    "kmeans_labels",
+    "make_estimator",
+    "relative_density",
+    "run_analysis",
+    "weighted_sampler",
+]

@@ -1,0 +1,182 @@
+"""The whole latent analysis as one job: VAE → μ → density → weights → clusters → three artefacts."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embeddings.dataset import Dataset
+from embeddings.errors import Cancelled, InvalidInput
+from embeddings.latent.clusters import Cluster, find_clusters, kmeans_labels
+from embeddings.latent.density import DensityEstimator, GMMDensity, make_estimator
+from embeddings.latent.vae import EmbeddingVAE
+from embeddings.latent.weights import clip_weights, effective_sample_size, relative_density
+
+__all__ = ["AnalysisResult", "DEFAULT_ALPHA", "DEFAULT_METHOD", "run_analysis"]
+
+Progress = Callable[[float, str], None]
+ShouldStop = Callable[[], bool]
+
+DEFAULT_METHOD = "knn"
+# α per method: relative to the mean density for knn/gmm; the DB-VAE lab's smoothing for histogram.
+DEFAULT_ALPHA: dict[str, float] = {"knn": 0.1, "gmm": 0.1, "histogram": 0.001}
+
+
+@dataclass
+class AnalysisResult:
+    """Everything one analysis produced. ``weights`` sum to 1; ``density`` is relative (mean 1)."""
+
+    method: str
+    params: dict[str, Any]
+    ids: np.ndarray
+    latent: np.ndarray = field(repr=False)
+    density: np.ndarray = field(repr=False)
+    weights: np.ndarray = field(repr=False)
+    clusters: list[Cluster] = field(repr=False)
+    groups: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    estimator: DensityEstimator | None = field(default=None, repr=False)
+    vae: EmbeddingVAE | None = field(default=None, repr=False)
+
+    @property
+    def effective_sample_size(self) -> float:
+        return effective_sample_size(self.weights)
+
+    def group_weight_mass(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per group column and value: its share of the data and its share of the weights."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for col, values in self.groups.items():
+            out[col] = {}
+            for value in np.unique(values):
+                mask = values == value
+                out[col][str(value)] = {
+                    "data_share": float(mask.mean()),
+                    "weight_mass": float(self.weights[mask].sum()),
+                }
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The ``summary.json`` document (clusters without their member lists)."""
+        return {
+            "method": self.method,
+            "params": self.params,
+            "n": int(self.ids.shape[0]),
+            "effective_sample_size": self.effective_sample_size,
+            "clusters": [c.to_dict(with_members=False) for c in self.clusters],
+            "group_weight_mass": self.group_weight_mass(),
+        }
+
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``weights.csv`` (``id,weight``), ``clusters.json`` and ``summary.json``; returns their paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"weights": out / "weights.csv", "clusters": out / "clusters.json", "summary": out / "summary.json"}
+        tmp = paths["weights"].with_suffix(".csv.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "weight"])
+            writer.writerows((i, repr(float(w))) for i, w in zip(self.ids.tolist(), self.weights, strict=True))
+        tmp.replace(paths["weights"])
+        _write_json(paths["clusters"], [c.to_dict(with_members=True) for c in self.clusters])
+        _write_json(paths["summary"], self.summary())
+        return paths
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_analysis(
+    dataset: Dataset,
+    *,
+    method: str = DEFAULT_METHOD,
+    alpha: float | None = None,
+    latent_dim: int = 32,
+    n_clusters: int = 8,
+    max_weight_ratio: float | None = 50.0,
+    active_kl: float = 0.1,
+    vae_params: Mapping[str, Any] | None = None,
+    estimator_params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> AnalysisResult:
+    """Fit a VAE on the embeddings, estimate the density of the posterior means and derive weights and clusters.
+
+    Only *active* latent dimensions (mean KL > ``active_kl`` nats) enter the density: collapsed
+    dimensions carry no information and would only add noise. ``alpha=None`` takes the method's
+    default (:data:`DEFAULT_ALPHA`). Weights are clipped at ``max_weight_ratio`` × the median.
+    Raises :class:`~embeddings.errors.Cancelled` when ``should_stop()`` turns true.
+    """
+    report = progress or (lambda _f, _m: None)
+    stop = should_stop or (lambda: False)
+    if method not in DEFAULT_ALPHA:
+        raise InvalidInput(f"unknown method {method!r}; choose from {sorted(DEFAULT_ALPHA)}")
+    alpha = DEFAULT_ALPHA[method] if alpha is None else float(alpha)
+    if len(dataset) < 50:
+        raise InvalidInput(f"the analysis needs at least 50 samples, got {len(dataset)}")
+
+    report(0.0, "training the VAE")
+    vae = EmbeddingVAE(latent_dim=latent_dim, seed=seed, **dict(vae_params or {}))
+    vae.fit(dataset.vectors, progress=lambda f, m: report(0.6 * f, m), should_stop=stop)
+    mu = vae.transform(dataset.vectors)
+    kl = vae.kl_per_dim(dataset.vectors)
+    active = np.flatnonzero(kl > active_kl)
+    if active.size == 0:
+        active = np.array([int(np.argmax(kl))])
+    latent = np.ascontiguousarray(mu[:, active])
+    _check_stop(stop)
+
+    report(0.6, f"estimating {method} density on {active.size} active latent dimensions")
+    params = dict(estimator_params or {})
+    if method == "gmm":
+        params.setdefault("seed", seed)
+    estimator = make_estimator(method, alpha=alpha, **params).fit(latent)
+    _check_stop(stop)
+    report(0.85, "computing weights")
+    raw = estimator.sample_weights()
+    weights = clip_weights(raw, max_ratio=max_weight_ratio)
+    density = relative_density(estimator._train_log_density())
+    _check_stop(stop)
+
+    report(0.9, "clustering the latent space")
+    if isinstance(estimator, GMMDensity) and estimator.n_components_ > 1:
+        labels = estimator.predict(latent)
+    else:
+        labels = kmeans_labels(latent, n_clusters=n_clusters, seed=seed)
+    clusters = find_clusters(labels, ids=dataset.ids, weights=weights, density=density, groups=dataset.groups)
+    report(1.0, "done")
+    return AnalysisResult(
+        method=method,
+        params={
+            "alpha": alpha,
+            "latent_dim": latent_dim,
+            "active_dims": int(active.size),
+            "n_clusters": len(clusters),
+            "max_weight_ratio": max_weight_ratio,
+            "seed": seed,
+            "vae_epochs": vae.n_epochs_,
+            "model_id": dataset.model_id,
+            "estimator": {k: (list(v) if isinstance(v, tuple) else v) for k, v in estimator.get_params().items()},
+        },
+        ids=dataset.ids,
+        latent=latent,
+        density=density,
+        weights=weights,
+        clusters=clusters,
+        groups=dict(dataset.groups),
+        estimator=estimator,
+        vae=vae,
+    )
+
+
+def _check_stop(stop: ShouldStop) -> None:
+    if stop():
+        raise Cancelled("the analysis was cancelled")

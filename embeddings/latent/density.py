@@ -1,0 +1,356 @@
+"""Density estimators on latent coordinates, one API (scikit-learn ``KernelDensity`` shape).
+
+Every estimator takes keyword-only parameters in ``__init__`` (stored as given, checked in ``fit``),
+keeps learned state in attributes ending in ``_``, and offers:
+
+- ``fit(X) -> self``;
+- ``score_samples(X)``: **log**-density of each row of ``X`` (up to an additive constant for the
+  histogram estimator, see its docstring);
+- ``sample_weights(X=None)``: sampling probabilities (sum 1) of the rows of ``X``, or of the fitted
+  rows when ``X`` is None (for the kNN estimator those leave each row itself out);
+- ``to_dict()`` / ``from_dict(d)`` and ``save(path)`` / ``load(path)`` (``.npz``) round trips.
+
+Methods: ``histogram`` (the DB-VAE reference), ``knn`` (FAISS k-nearest-neighbour density) and
+``gmm`` (a Gaussian mixture, components chosen by BIC).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from embeddings.errors import InvalidInput, NotFitted
+from embeddings.latent.weights import inverse_density_weights
+
+__all__ = ["DensityEstimator", "GMMDensity", "HistogramDensity", "KNNDensity", "METHODS", "make_estimator"]
+
+
+class DensityEstimator:
+    """Base of the latent density estimators (see the module docstring for the contract)."""
+
+    method: ClassVar[str] = ""
+    _state: ClassVar[tuple[str, ...]] = ()
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        import inspect
+
+        return [p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+    def _check_fitted(self) -> None:
+        if not all(hasattr(self, s) for s in self._state):
+            raise NotFitted(f"{type(self).__name__} is not fitted; call fit first")
+
+    def _check_X(self, X: np.ndarray, *, min_rows: int = 1) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[0] < min_rows or X.shape[1] < 1:
+            raise InvalidInput(f"expected a 2-D array with at least {min_rows} rows, got shape {X.shape}")
+        if not np.isfinite(X).all():
+            raise InvalidInput("input contains NaN or inf")
+        if hasattr(self, "n_features_in_") and X.shape[1] != self.n_features_in_:
+            raise InvalidInput(f"expected {self.n_features_in_} features, got {X.shape[1]}")
+        return np.ascontiguousarray(X)
+
+    def fit(self, X: np.ndarray) -> DensityEstimator:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _train_log_density(self) -> np.ndarray:
+        return self.score_samples(self.X_)
+
+    def sample_weights(self, X: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities ∝ 1/(p + alpha), p the density relative to its mean over the rows (sum 1)."""
+        self._check_fitted()
+        log_density = self._train_log_density() if X is None else self.score_samples(X)
+        return inverse_density_weights(log_density, alpha=self.alpha)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Parameters and learned state (numpy arrays) for :meth:`from_dict`."""
+        self._check_fitted()
+        return {"method": self.method, "params": self.get_params(), "state": {s: getattr(self, s) for s in self._state}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DensityEstimator:
+        if cls is DensityEstimator:
+            return METHODS[d["method"]].from_dict(d)
+        est = cls(**d["params"])
+        for k, v in d["state"].items():
+            setattr(est, k, v)
+        est._restore()
+        return est
+
+    def _restore(self) -> None:
+        """Rebuild derived state after :meth:`from_dict` (e.g. a FAISS index)."""
+
+    def save(self, path: str | Path) -> None:
+        d = self.to_dict()
+        arrays = {f"state__{k}": np.asarray(v) for k, v in d["state"].items()}
+        np.savez(Path(path), meta=np.array(json.dumps({"method": d["method"], "params": d["params"]})), **arrays)
+
+    @staticmethod
+    def load(path: str | Path) -> DensityEstimator:
+        with np.load(Path(path), allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            state = {k.removeprefix("state__"): z[k] for k in z.files if k.startswith("state__")}
+        state = {k: (v.item() if v.ndim == 0 else v) for k, v in state.items()}
+        return DensityEstimator.from_dict({**meta, "state": state})
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class HistogramDensity(DensityEstimator):
+    """The DB-VAE reference (Amini et al., AIES 2019; the MIT 6.S191 lab's computation).
+
+    Per dimension: a ``bins``-bin density histogram of the fitted rows with the outer edges opened
+    to ±∞; bin densities + ``alpha``, renormalised to sum 1; per-sample score 1/that value,
+    normalised over the samples. ``combine="max"`` takes the element-wise maximum over dimensions
+    (the lab), ``"product"`` the product (the paper's independence form); then a final normalisation.
+    ``alpha`` here is the lab's histogram smoothing (in units of the histogram's density), not the
+    relative α of the other estimators.
+
+    ``score_samples`` returns, per row, the log of the smoothed bin probability combined the same
+    way (minimum over dimensions for ``max``, sum of logs for ``product``): larger means denser.
+    """
+
+    method = "histogram"
+    _state = ("edges_", "density_", "X_", "n_features_in_")
+
+    def __init__(self, *, bins: int = 10, alpha: float = 0.001, combine: str = "max") -> None:
+        self.bins = bins
+        self.alpha = alpha
+        self.combine = combine
+
+    def fit(self, X: np.ndarray) -> HistogramDensity:
+        if self.bins < 1 or not self.alpha >= 0 or self.combine not in ("max", "product"):
+            raise InvalidInput("bins >= 1, alpha >= 0 and combine in ('max', 'product') are required")
+        for attr in self._state:
+            self.__dict__.pop(attr, None)
+        X = self._check_X(X)
+        edges = np.empty((X.shape[1], self.bins + 1))
+        density = np.empty((X.shape[1], self.bins))
+        for j in range(X.shape[1]):
+            density[j], edges[j] = np.histogram(X[:, j], bins=self.bins, density=True)
+        self.edges_, self.density_, self.X_ = edges, density, X
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _bin_probability(self, X: np.ndarray) -> np.ndarray:
+        """N×D smoothed, renormalised bin value of each row in each dimension."""
+        smoothed = self.density_ + self.alpha
+        smoothed = smoothed / smoothed.sum(axis=1, keepdims=True)
+        out = np.empty(X.shape, dtype=np.float64)
+        for j in range(X.shape[1]):
+            # Only the inner edges matter: the outer bins extend to ±∞.
+            idx = np.searchsorted(self.edges_[j, 1:-1], X[:, j], side="right")
+            out[:, j] = smoothed[j, idx]
+        return out
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        log_q = np.log(self._bin_probability(self._check_X(X)))
+        return log_q.min(axis=1) if self.combine == "max" else log_q.sum(axis=1)
+
+    def sample_weights(self, X: np.ndarray | None = None) -> np.ndarray:
+        self._check_fitted()
+        X = self.X_ if X is None else self._check_X(X)
+        inv = 1.0 / self._bin_probability(X)
+        per_dim = inv / inv.sum(axis=0, keepdims=True)
+        if self.combine == "max":
+            combined = per_dim.max(axis=1)
+        else:
+            log_c = np.log(per_dim).sum(axis=1)
+            combined = np.exp(log_c - log_c.max())
+        return combined / combined.sum()
+
+
+class KNNDensity(DensityEstimator):
+    """k-nearest-neighbour density: p(x) = k / (N · V_d · r_k(x)^d), r_k the distance to the k-th neighbour.
+
+    Exact L2 search with FAISS. For the fitted rows (``sample_weights()`` without ``X``) each row is
+    left out of its own neighbour list. Rows are compared in the units given (no rescaling), so the
+    weights do not change when all of ``X`` is scaled by one factor. ``alpha`` is relative to the
+    mean density (see :func:`~embeddings.latent.weights.inverse_density_weights`).
+    """
+
+    method = "knn"
+    _state = ("X_", "train_log_density_", "n_features_in_")
+
+    def __init__(self, *, n_neighbors: int = 20, alpha: float = 0.1, batch_size: int = 16384) -> None:
+        self.n_neighbors = n_neighbors
+        self.alpha = alpha
+        self.batch_size = batch_size
+
+    def fit(self, X: np.ndarray) -> KNNDensity:
+        if self.n_neighbors < 1 or not self.alpha >= 0 or self.batch_size < 1:
+            raise InvalidInput("n_neighbors >= 1, alpha >= 0 and batch_size >= 1 are required")
+        for attr in self._state:
+            self.__dict__.pop(attr, None)
+        X = self._check_X(X, min_rows=self.n_neighbors + 1)
+        self.X_ = X
+        self.n_features_in_ = X.shape[1]
+        self._restore()
+        # The nearest hit of a fitted row is itself (or an exact twin at distance 0): skip one hit.
+        r = self._kth_distance(X, self.n_neighbors + 1)
+        self.train_log_density_ = self._log_density(r, self.X_.shape[0] - 1)
+        return self
+
+    def _restore(self) -> None:
+        import faiss
+
+        self.index_ = faiss.IndexFlatL2(int(self.n_features_in_))
+        self.index_.add(np.ascontiguousarray(self.X_, dtype=np.float32))
+
+    def _kth_distance(self, X: np.ndarray, k: int) -> np.ndarray:
+        out = np.empty(X.shape[0], dtype=np.float64)
+        for start in range(0, X.shape[0], self.batch_size):
+            d2, _ = self.index_.search(X[start : start + self.batch_size], k)
+            out[start : start + self.batch_size] = np.sqrt(np.maximum(d2[:, k - 1], 0.0))
+        return out
+
+    def _log_density(self, r: np.ndarray, n: int) -> np.ndarray:
+        d = self.n_features_in_
+        positive = r[r > 0]
+        # Twins closer than the k-th neighbour give r = 0; floor it far below the typical spacing.
+        floor = (np.median(positive) if positive.size else 1.0) * 1e-6
+        log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
+        return math.log(self.n_neighbors) - math.log(n) - log_unit_ball - d * np.log(np.maximum(r, floor))
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        X = self._check_X(X)
+        return self._log_density(self._kth_distance(X, self.n_neighbors), self.X_.shape[0])
+
+    def _train_log_density(self) -> np.ndarray:
+        return self.train_log_density_
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["state"].pop("index_", None)
+        return d
+
+
+class GMMDensity(DensityEstimator):
+    """Gaussian-mixture density (full covariances), the number of components chosen by BIC.
+
+    Candidates are ``n_components`` (a tuple); model selection and fitting use at most
+    ``max_fit_samples`` rows (seeded), scoring uses all. Inputs are centred and divided by one global
+    scale first, so weights do not change when all of ``X`` is scaled by one factor.
+    """
+
+    method = "gmm"
+    _state = ("center_", "scale_", "weights_", "means_", "covariances_", "n_features_in_", "train_log_density_")
+
+    def __init__(
+        self,
+        *,
+        n_components: tuple[int, ...] = (1, 2, 4, 8, 16),
+        alpha: float = 0.1,
+        max_fit_samples: int = 20_000,
+        reg_covar: float = 1e-4,
+        seed: int = 0,
+    ) -> None:
+        self.n_components = n_components
+        self.alpha = alpha
+        self.max_fit_samples = max_fit_samples
+        self.reg_covar = reg_covar
+        self.seed = seed
+
+    def fit(self, X: np.ndarray) -> GMMDensity:
+        from sklearn.mixture import GaussianMixture
+
+        candidates = tuple(int(c) for c in np.atleast_1d(self.n_components))
+        if not candidates or min(candidates) < 1 or not self.alpha >= 0 or self.max_fit_samples < 2:
+            raise InvalidInput("n_components >= 1, alpha >= 0 and max_fit_samples >= 2 are required")
+        for attr in self._state:
+            self.__dict__.pop(attr, None)
+        X = self._check_X(X, min_rows=2)
+        self.n_features_in_ = X.shape[1]
+        self.center_ = X.mean(axis=0).astype(np.float64)
+        self.scale_ = float(np.sqrt(((X - self.center_) ** 2).sum(axis=1).mean() / X.shape[1])) or 1.0
+        Z = (X - self.center_) / self.scale_
+        rng = np.random.default_rng(self.seed)
+        fit_rows = Z if Z.shape[0] <= self.max_fit_samples else Z[rng.choice(Z.shape[0], self.max_fit_samples, replace=False)]
+        best, best_bic = None, math.inf
+        for c in sorted(set(candidates)):
+            if c > fit_rows.shape[0]:
+                continue
+            gm = GaussianMixture(
+                n_components=c, covariance_type="full", reg_covar=self.reg_covar, random_state=self.seed, max_iter=200
+            ).fit(fit_rows)
+            bic = gm.bic(fit_rows)
+            if bic < best_bic:
+                best, best_bic = gm, bic
+        assert best is not None
+        self.weights_, self.means_, self.covariances_ = best.weights_, best.means_, best.covariances_
+        self.bic_ = best_bic
+        self._restore()
+        Z = (X - self.center_) / self.scale_
+        self.train_log_density_ = self.mixture_.score_samples(Z) - X.shape[1] * math.log(self.scale_)
+        return self
+
+    def _restore(self) -> None:
+        from sklearn.mixture import GaussianMixture
+        from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+        gm = GaussianMixture(n_components=len(self.weights_), covariance_type="full")
+        gm.weights_, gm.means_, gm.covariances_ = self.weights_, self.means_, self.covariances_
+        gm.precisions_cholesky_ = _compute_precision_cholesky(self.covariances_, "full")
+        self.mixture_ = gm
+
+    @property
+    def n_components_(self) -> int:
+        self._check_fitted()
+        return len(self.weights_)
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        if not hasattr(self, "mixture_"):
+            self._restore()
+        Z = (self._check_X(X) - self.center_) / self.scale_
+        # The density of X itself: the change of variables costs log(scale) per dimension.
+        return self.mixture_.score_samples(Z) - self.n_features_in_ * math.log(self.scale_)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The most likely mixture component of each row."""
+        self._check_fitted()
+        return self.mixture_.predict((self._check_X(X) - self.center_) / self.scale_)
+
+    def _train_log_density(self) -> np.ndarray:
+        return self.train_log_density_
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["params"]["n_components"] = list(d["params"]["n_components"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DensityEstimator:
+        d = {**d, "params": {**d["params"], "n_components": tuple(d["params"]["n_components"])}}
+        return super().from_dict(d)
+
+
+METHODS: dict[str, type[DensityEstimator]] = {
+    "histogram": HistogramDensity,
+    "knn": KNNDensity,
+    "gmm": GMMDensity,
+}
+
+
+def make_estimator(method: str, **params: Any) -> DensityEstimator:
+    """An unfitted estimator by method name (``histogram``, ``knn`` or ``gmm``)."""
+    try:
+        cls = METHODS[method]
+    except KeyError:
+        raise InvalidInput(f"unknown density method {method!r}; choose from {sorted(METHODS)}") from None
+    return cls(**params)

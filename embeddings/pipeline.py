@@ -1,0 +1,166 @@
+"""The image pipeline: decode → detect (+ quality) → align/crop from the original pixels → encode.
+
+One :class:`FacePipeline` serves the gRPC calls (one image at a time, encoding possibly routed
+through the service's dynamic batcher via ``encode_fn``) and the analysis jobs
+(:meth:`FacePipeline.embed_many`: detection batched across images, crops encoded in large batches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence, Sized
+from typing import Protocol
+
+import numpy as np
+
+from embeddings.align import crop_faces
+from embeddings.config import DecodeLimits
+from embeddings.errors import InvalidInput, NoFaceFound, QualityRejected
+from embeddings.image import ImageSource, decode_image
+from embeddings.types import DetectedFace, FaceEmbedding, QualityReason
+
+__all__ = ["FacePipeline", "best_face"]
+
+# embed_many decodes and detects this many images at a time: bounds memory on big datasets
+# while giving the detector and the encoder batches large enough to be efficient.
+_MANY_CHUNK = 32
+
+
+class _Detector(Protocol):
+    def detect(self, image: np.ndarray) -> list[DetectedFace]: ...
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]: ...
+
+
+class _Encoder(Protocol):
+    model_id: str
+    crop_size: int
+    embedding_dim: int
+
+    def encode(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+def _area(face: DetectedFace) -> float:
+    x1, y1, x2, y2 = face.box
+    return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+def best_face(faces: Sequence[DetectedFace]) -> DetectedFace:
+    """The face a one-face call means: the largest among the confidently detected ones.
+
+    MTCNN's probability saturates near 1 for every clear face, so among faces without
+    ``LOW_CONFIDENCE`` the largest box wins (the subject of an ID or enrollment photo is its
+    largest face); if all are low-confidence, the largest of those. Raises NoFaceFound if empty.
+    """
+    if not faces:
+        raise NoFaceFound("no face was detected in the image")
+    confident = [f for f in faces if QualityReason.LOW_CONFIDENCE not in f.quality.reasons]
+    return max(confident or faces, key=lambda f: (_area(f), f.probability))
+
+
+class FacePipeline:
+    """Turns images (bytes, paths, PIL images or arrays) into tagged, L2-normalised face embeddings."""
+
+    def __init__(
+        self,
+        detector: _Detector,
+        encoder: _Encoder,
+        *,
+        limits: DecodeLimits = DecodeLimits(),
+        encode_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.detector = detector
+        self.encoder = encoder
+        self.limits = limits
+        # The service plugs its dynamic batcher in here; it must behave exactly like encoder.encode.
+        self._encode = encode_fn if encode_fn is not None else encoder.encode
+
+    @property
+    def model_id(self) -> str:
+        """The id of the encoder that makes this pipeline's embeddings."""
+        return self.encoder.model_id
+
+    def __repr__(self) -> str:
+        return f"FacePipeline(model_id={self.model_id!r})"
+
+    def decode(self, source: ImageSource) -> np.ndarray:
+        """Decode ``source`` under this pipeline's limits to an H×W×3 uint8 RGB array."""
+        return decode_image(source, limits=self.limits)
+
+    def detect(self, source: ImageSource) -> tuple[np.ndarray, list[DetectedFace]]:
+        """The decoded image and its faces (original pixel coordinates, most probable first)."""
+        image = self.decode(source)
+        return image, self.detector.detect(image)
+
+    def embed(self, source: ImageSource, *, max_faces: int | None = None) -> list[FaceEmbedding]:
+        """Every detected face (at most ``max_faces``, most probable first) with its embedding.
+
+        Faces that fail the quality gate are included; their ``face.quality`` says why.
+        An image without faces gives an empty list.
+        """
+        if max_faces is not None and max_faces < 1:
+            raise InvalidInput(f"max_faces must be >= 1, got {max_faces}")
+        image, faces = self.detect(source)
+        return self._embed_faces([(image, faces[:max_faces])])[0]
+
+    def embed_one(self, source: ImageSource, *, require_quality: bool = False) -> FaceEmbedding:
+        """The embedding of the image's main face (see :func:`best_face`).
+
+        Raises NoFaceFound when there is no face, and, when ``require_quality`` is set and the
+        main face fails the quality gate, QualityRejected carrying the reason codes.
+        """
+        image, faces = self.detect(source)
+        face = best_face(faces)
+        if require_quality and not face.quality.passed:
+            reasons = face.quality.reasons
+            raise QualityRejected(f"the face failed the quality gate: {', '.join(reasons)}", reasons)
+        return self._embed_faces([(image, [face])])[0][0]
+
+    def embed_many(
+        self,
+        sources: Iterable[ImageSource],
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> list[list[FaceEmbedding]]:
+        """``embed`` for many images: detection batched over same-size images, crops encoded together.
+
+        ``progress(done, total)`` is called after each chunk (``total`` is None for an iterator
+        without a length). The first undecodable image raises, as ``embed`` would.
+        """
+        total = len(sources) if isinstance(sources, Sized) else None
+        out: list[list[FaceEmbedding]] = []
+        chunk: list[np.ndarray] = []
+
+        def flush() -> None:
+            detected = self.detector.detect_batch(chunk)
+            out.extend(self._embed_faces(list(zip(chunk, detected, strict=True))))
+            chunk.clear()
+            if progress is not None:
+                progress(len(out), total)
+
+        for source in sources:
+            chunk.append(self.decode(source))
+            if len(chunk) == _MANY_CHUNK:
+                flush()
+        if chunk:
+            flush()
+        return out
+
+    def _embed_faces(self, items: Sequence[tuple[np.ndarray, Sequence[DetectedFace]]]) -> list[list[FaceEmbedding]]:
+        """Crop every face of every image, encode all crops in one call, split back per image."""
+        size = self.encoder.crop_size
+        crops = [crop_faces(image, faces, size=size) for image, faces in items if faces]
+        if not crops:
+            return [[] for _ in items]
+        all_crops = np.concatenate(crops) if len(crops) > 1 else crops[0]
+        vectors = np.asarray(self._encode(all_crops), dtype=np.float32)
+        if vectors.shape != (len(all_crops), self.encoder.embedding_dim):
+            raise RuntimeError(f"encoder returned {vectors.shape} for {len(all_crops)} crops")
+        model_id = self.model_id
+        out: list[list[FaceEmbedding]] = []
+        row = 0
+        for _image, faces in items:
+            embeddings = []
+            for face in faces:
+                embeddings.append(FaceEmbedding(face=face, vector=vectors[row].copy(), model_id=model_id))
+                row += 1
+            out.append(embeddings)
+        return out

@@ -1,0 +1,187 @@
+"""AnalysisService end to end: a real server on port 0, the real client, real analysis and audit jobs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from embeddings import errors
+from embeddings.synthetic.groups import make_group_embeddings
+from service.client import Client
+from service.config import load_config
+from service.server import create_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("analysis-data")
+    config = load_config(
+        {"data_dir": str(data_dir), "weights": "random", "offline": True, "server.port": 0}, env={}
+    )
+    srv, _port = create_server(config)
+    srv.start()
+    yield srv
+    srv.stop(2.0)
+
+
+@pytest.fixture(scope="module")
+def admin(server):
+    with Client(f"127.0.0.1:{server.port}", server.admin_key_path.read_text().strip()) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def key_for(server):
+    """Make a client holding a new key of ``role`` on ``collections``."""
+    clients = []
+
+    def make(role: str, collections: list[str]) -> Client:
+        _id, secret = server.keystore.create(name=f"{role}-{collections}", role=role, collections=collections)
+        clients.append(Client(f"127.0.0.1:{server.port}", secret))
+        return clients[-1]
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def embeddings_file(tmp_path_factory):
+    """60 labelled embeddings (identities + a planted minority group) as .npy + labels.csv."""
+    d = tmp_path_factory.mktemp("dataset")
+    ds = make_group_embeddings(n=60, images_per_identity=4, shares={"majority": 0.7, "minority": 0.3}, seed=0)
+    np.save(d / "emb.npy", ds.vectors)
+    with open(d / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "identity", "group"])
+        w.writerows(zip(ds.ids, ds.identities, ds.groups["group"], strict=True))
+    return (str(d / "emb.npy"), str(d / "labels.csv")), ds
+
+
+def test_analysis_then_audit_end_to_end(admin, embeddings_file, server):
+    files, ds = embeddings_file
+    job = admin.start_analysis(embeddings=files, method="histogram", latent_dim=4, seed=0)
+    assert job.kind == "analysis" and job.state in ("QUEUED", "RUNNING")
+    seen = list(admin.watch_job(job.id, timeout=240))
+    assert seen[-1].state == "DONE", seen[-1].error
+    progress = [j.progress for j in seen]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert len(seen) >= 3  # queued/running, at least one progress step, done
+    done = admin.get_job(job.id)
+    assert set(done.artifacts) >= {"weights.csv", "clusters.json", "summary.json"}
+    assert done.finished_at is not None and done.finished_at >= done.created_at
+
+    weights = admin.get_report(job.id, "weights.csv")
+    assert weights.content_type.startswith("text/csv")
+    on_disk = (server.jobs.jobs_dir / job.id / "weights.csv").read_bytes()
+    assert weights.data == on_disk
+    rows = list(csv.DictReader(weights.data.decode().splitlines()))
+    assert sorted(r["id"] for r in rows) == sorted(ds.ids.tolist())
+    summary = json.loads(admin.get_report(job.id, "summary.json").data)
+    assert isinstance(summary, dict) and summary
+
+    audit = admin.start_audit(embeddings=files, group_by=["group"], target_fmr=0.01, analysis_job_id=job.id, seed=1)
+    final = admin.get_job(audit.id)
+    for final in admin.watch_job(audit.id, timeout=240):
+        pass
+    assert final.state == "DONE", final.error
+    assert set(final.artifacts) >= {"report.json", "report.html"}
+    report = admin.get_report(audit.id, "report.json")
+    assert report.content_type == "application/json"
+    assert "group" in json.dumps(json.loads(report.data))
+    html = admin.get_report(audit.id, "report.html")
+    assert html.content_type.startswith("text/html") and b"<html" in html.data.lower()
+
+
+def test_cancel_running_and_queued_jobs(admin, embeddings_file, server):
+    files, _ds = embeddings_file
+    # The server runs one job at a time: the second waits behind the first.
+    first = admin.start_analysis(embeddings=files, method="knn", latent_dim=4, seed=5)
+    second = admin.start_analysis(embeddings=files, method="knn", latent_dim=4, seed=6)
+    assert admin.get_job(second.id).state == "QUEUED"
+    assert admin.cancel_job(second.id).state == "CANCELLED"
+    deadline = time.monotonic() + 60
+    while admin.get_job(first.id).state == "QUEUED" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    admin.cancel_job(first.id)
+    final = list(admin.watch_job(first.id, timeout=120))[-1]
+    assert final.state == "CANCELLED" and final.finished_at is not None
+    assert admin.get_job(second.id).state == "CANCELLED"
+    with pytest.raises(errors.InvalidInput, match="DONE"):
+        admin.get_report(first.id, "weights.csv")
+
+
+def test_bad_requests_map_to_statuses(admin, embeddings_file, tmp_path):
+    files, _ds = embeddings_file
+    with pytest.raises(errors.NotFound):
+        admin.get_job("0" * 32)
+    with pytest.raises(errors.NotFound):
+        admin.cancel_job("no-such-job")
+    with pytest.raises(errors.InvalidInput, match="not a file"):
+        admin.start_analysis(embeddings=(str(tmp_path / "missing.npy"), files[1]))
+    with pytest.raises(errors.InvalidInput, match="not a directory"):
+        admin.start_analysis(image_folder=str(tmp_path / "nowhere"))
+    with pytest.raises(errors.InvalidInput, match="unknown method"):
+        admin.start_analysis(embeddings=files, method="astrology")
+    with pytest.raises(errors.InvalidInput, match="latent_dim"):
+        admin.start_analysis(embeddings=files, latent_dim=0)
+    with pytest.raises(errors.InvalidInput, match="target_fmr"):
+        admin.start_audit(embeddings=files, group_by=["group"], target_fmr=1.5)
+    with pytest.raises(errors.NotFound):
+        admin.start_audit(collection="no-such-collection", group_by=["group"])
+    with pytest.raises(errors.NotFound):
+        admin.start_audit(embeddings=files, group_by=["group"], analysis_job_id="f" * 32)
+
+
+def test_failed_job_reports_the_domain_error(admin, tmp_path):
+    # A well-formed request whose data is bad fails as a job, with the domain's message.
+    np.save(tmp_path / "few.npy", np.eye(5, 8, dtype=np.float32))
+    (tmp_path / "few.csv").write_text("id\n" + "\n".join(f"r{i}" for i in range(5)) + "\n")
+    job = admin.start_analysis(embeddings=(str(tmp_path / "few.npy"), str(tmp_path / "few.csv")))
+    final = list(admin.watch_job(job.id, timeout=60))[-1]
+    assert final.state == "FAILED" and "at least 50" in final.error
+
+
+def test_rights_on_jobs(admin, key_for, embeddings_file, server):
+    files, _ds = embeddings_file
+    reader = key_for("read", ["*"])
+    scoped_admin = key_for("admin", ["a"])
+    with pytest.raises(errors.PermissionDenied):
+        reader.start_analysis(embeddings=files)  # read key starting a job
+    with pytest.raises(errors.PermissionDenied, match="all collections"):
+        scoped_admin.start_analysis(embeddings=files)  # server files need an all-collections admin
+    with pytest.raises(errors.PermissionDenied):
+        scoped_admin.start_audit(collection="b", group_by=["group"])  # admin of a touching b
+    job = admin.start_analysis(embeddings=files, latent_dim=2)
+    admin.cancel_job(job.id)
+    with pytest.raises(errors.PermissionDenied):
+        scoped_admin.get_job(job.id)
+    with Client(f"127.0.0.1:{server.port}") as anonymous, pytest.raises(errors.Unauthenticated):
+        anonymous.get_job(job.id)
+
+
+def test_watch_follows_progress_of_a_live_job(server, admin):
+    # The manager's watch through the RPC stream: updates arrive as the job reports them.
+    gate = threading.Event()
+
+    def fn(progress, should_stop, out_dir):
+        for i in range(3):
+            gate.wait(10)
+            progress((i + 1) / 3, f"step {i + 1}")
+            time.sleep(0.3)
+        (out_dir / "x.json").write_text("{}")
+        return {"x.json": out_dir / "x.json"}
+
+    job_id = server.jobs.submit("analysis", {"dataset": {"embeddings_path": "-"}}, fn)
+    messages = []
+    for job in admin.watch_job(job_id, timeout=60):
+        messages.append((job.state, job.message))
+        gate.set()
+    assert messages[-1] == ("DONE", "done")
+    assert [m for s, m in messages if s == "RUNNING" and m.startswith("step")] == ["step 1", "step 2", "step 3"]
+    assert admin.get_report(job_id, "x.json").data == b"{}"
