@@ -72,7 +72,8 @@ def _seeded_init(model: nn.Module, seed: int) -> None:
     """Fill every parameter and buffer from a local generator, so ``seed`` alone fixes the weights.
 
     Convolutions and linear layers get He-normal weights (variance preserved through ReLUs, so the
-    signal neither vanishes nor explodes over the ~100 layers); biases zero; BatchNorm identity.
+    signal neither vanishes nor explodes over the ~100 layers); biases zero; BatchNorms identity,
+    except the last one, which is calibrated (see :func:`_calibrate_batchnorm`).
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
@@ -98,7 +99,10 @@ def _calibrate_batchnorm(model: InceptionResnetV1, gen: torch.Generator, n: int 
     direction (ReLU outputs share a positive mean); centring the 512 outputs makes
     random embeddings of different images differ, as trained ones do, so tests comparing faces
     mean something. Only the last layer is calibrated: calibrating the inner BatchNorms too makes
-    the random network chaotic, so bf16 and fp32 would disagree far more than with real weights.
+    the random network chaotic (bf16 vs fp32 cosine fell to ~0.87). Even so, centring leaves the
+    image-dependent part of a random network's features small next to their shared part, so bf16
+    rounding shows more than with trained weights: bf16 vs fp32 cosine is ~0.999 here (measured
+    min 0.9988-0.9995 on synthetic and photo crops), where trained weights reach ~0.9999.
     """
     size = 160
     low = torch.randn((n, 3, size // 16, size // 16), generator=gen)

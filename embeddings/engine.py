@@ -29,7 +29,7 @@ class Pipeline(Protocol):
 
     model_id: str
 
-    def detect(self, source: Any) -> list[DetectedFace]: ...
+    def detect(self, source: Any) -> tuple[Any, list[DetectedFace]]: ...
 
     def embed(self, source: Any) -> list[FaceEmbedding]: ...
 
@@ -79,7 +79,8 @@ class FaceEngine:
 
     # ------------------------------------------------------------------ images
     def detect(self, image: Any) -> list[DetectedFace]:
-        return self.pipeline.detect(image)
+        _pixels, faces = self.pipeline.detect(image)
+        return faces
 
     def embed(self, image: Any) -> list[FaceEmbedding]:
         return self.pipeline.embed(image)

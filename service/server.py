@@ -174,7 +174,11 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
     try:
         keystore = KeyStore.open(config.data_dir) if sc.auth else None
         parts["keystore"] = keystore
-        admin_key_path = ensure_admin_key(keystore, config.data_dir) if keystore is not None else None
+        admin_key_path = (
+            ensure_admin_key(keystore, config.data_dir, provided_key_file=sc.admin_key_file)
+            if keystore is not None
+            else None
+        )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=sc.max_workers, thread_name_prefix="latentface-rpc"),
             interceptors=[metrics.interceptor(), ErrorInterceptor(), AuthInterceptor(keystore, enabled=sc.auth)],
@@ -259,11 +263,12 @@ def serve(config: ServiceConfig, *, ready: Callable[[LatentfaceServer], None] | 
         tls = "TLS" if config.server.tls_cert else "plaintext"
         if config.server.tls_client_ca:
             tls = "mutual TLS"
-        log.info("listening on %s (%s, auth %s)", server.address, tls, "on" if config.server.auth else "OFF")
         log.info("weights: %s", _model_description(server.engine))
         log.info("data directory: %s", config.data_dir.resolve())
         if server.metrics_port is not None:
             log.info("metrics on http://%s:%d/metrics", config.server.host, server.metrics_port)
+        # Last, so that a supervisor (or a test) reading the log knows everything above is settled.
+        log.info("listening on %s (%s, auth %s)", server.address, tls, "on" if config.server.auth else "OFF")
         if ready is not None:
             ready(server)
         while not stop.wait(0.5):

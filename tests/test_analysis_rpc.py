@@ -100,20 +100,24 @@ def test_analysis_then_audit_end_to_end(admin, embeddings_file, server):
 
 def test_cancel_running_and_queued_jobs(admin, embeddings_file, server):
     files, _ds = embeddings_file
-    # The server runs one job at a time: the second waits behind the first.
-    first = admin.start_analysis(embeddings=files, method="knn", latent_dim=4, seed=5)
-    second = admin.start_analysis(embeddings=files, method="knn", latent_dim=4, seed=6)
-    assert admin.get_job(second.id).state == "QUEUED"
-    assert admin.cancel_job(second.id).state == "CANCELLED"
+    # The server runs one job at a time: while a gated job holds the worker, an RPC-started one queues.
+    gate = threading.Event()
+    blocker = server.jobs.submit("analysis", {"dataset": {"embeddings_path": "-"}}, lambda p, s, o: gate.wait(30) and {})
+    queued = admin.start_analysis(embeddings=files, method="knn", latent_dim=4, seed=6)
+    assert admin.get_job(queued.id).state == "QUEUED"
+    assert admin.cancel_job(queued.id).state == "CANCELLED"
+    gate.set()
+    assert server.jobs.wait(blocker, timeout_s=30).state == "DONE"
+    running = admin.start_analysis(embeddings=files, method="knn", latent_dim=4, seed=5)
     deadline = time.monotonic() + 60
-    while admin.get_job(first.id).state == "QUEUED" and time.monotonic() < deadline:
+    while admin.get_job(running.id).state == "QUEUED" and time.monotonic() < deadline:
         time.sleep(0.02)
-    admin.cancel_job(first.id)
-    final = list(admin.watch_job(first.id, timeout=120))[-1]
-    assert final.state == "CANCELLED" and final.finished_at is not None
-    assert admin.get_job(second.id).state == "CANCELLED"
+    admin.cancel_job(running.id)
+    final = list(admin.watch_job(running.id, timeout=120))[-1]
+    assert (final.state, final.error) == ("CANCELLED", "") and final.finished_at is not None
+    assert admin.get_job(queued.id).state == "CANCELLED"
     with pytest.raises(errors.InvalidInput, match="DONE"):
-        admin.get_report(first.id, "weights.csv")
+        admin.get_report(running.id, "weights.csv")
 
 
 def test_bad_requests_map_to_statuses(admin, embeddings_file, tmp_path):

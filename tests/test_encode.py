@@ -22,6 +22,19 @@ GOLDEN_ATOL = 1e-4
 FAST_MIN_COSINE = 0.999
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Run these tests single-threaded, restoring the setting after.
+
+    On a shared CI box, OpenMP threads spin-waiting for a descheduled sibling made these tests
+    ~7x slower with 2 threads than with 1 (measured under load); the results do not change.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _golden() -> tuple[np.ndarray, np.ndarray]:
     data = np.load(DATA / "golden_encoder_random_seed0.npz")
     # Stored at 80x80 to keep the repository small; pixel-doubled back to the 160x160 crop size.
@@ -114,7 +127,11 @@ def test_random_weights_ignore_global_rng(fp32: FaceEncoder) -> None:
     before = torch.get_rng_state()
     rebuilt = _random_state_dict.__wrapped__(0)  # bypass the cache: build again for real
     assert torch.equal(torch.get_rng_state(), before)  # the global RNG was not consumed
-    assert cached.keys() == rebuilt.keys() and all(torch.equal(cached[k], rebuilt[k]) for k in cached)
+    assert cached.keys() == rebuilt.keys()
+    # The final BatchNorm is centred with a forward pass, whose float reductions depend on the thread
+    # count other tests may have set: equal up to rounding, not bit for bit.
+    for k in cached:
+        assert torch.allclose(cached[k].float(), rebuilt[k].float(), rtol=1e-4, atol=1e-5), k
 
 
 def test_device_and_precision_resolution() -> None:
@@ -187,7 +204,7 @@ def test_explicit_file_model_id_and_bad_files(facenet_checkpoint: dict[str, torc
         FaceEncoder(EncoderConfig(weights=str(tmp_path / "corrupt.pt")))
 
 
-def test_random_is_refused_nowhere_else(tmp_path: Path) -> None:
+def test_missing_named_checkpoint_never_falls_back_to_random(tmp_path: Path) -> None:
     """A missing named checkpoint never silently becomes random weights."""
     with pytest.raises(WeightsUnavailable):
         FaceEncoder(EncoderConfig(weights="vggface2", torch_home=tmp_path))

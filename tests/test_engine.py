@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -49,13 +48,14 @@ def test_embedding_paths(engine) -> None:
         engine.identify_embedding(q, "m", "c")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("embeddings.pipeline") is None, reason="pipeline not built yet")
 def test_image_paths(tmp_path, astronaut) -> None:
     from embeddings.config import EncoderConfig
+    from embeddings.detect import FaceDetector
+    from embeddings.encode import FaceEncoder
     from embeddings.errors import NoFaceFound
     from embeddings.pipeline import FacePipeline
 
-    pipeline = FacePipeline(encoder=EncoderConfig(weights="random"))
+    pipeline = FacePipeline(FaceDetector(), FaceEncoder(EncoderConfig(weights="random")))
     with Gallery.open(GalleryConfig(data_dir=tmp_path), background=False) as g:
         engine = FaceEngine(pipeline, g)
         engine.create_collection("c")

@@ -57,19 +57,26 @@ def test_job_runs_to_done_with_artifacts_and_recorded_params(manager, tmp_path):
 
 
 def test_watch_yields_every_progress_step_until_terminal(manager):
-    gate = threading.Event()
-    job_id = manager.submit("analysis", {}, steps_job(5, gate))
+    # The job takes each step only when the watcher has seen the previous one, so nothing coalesces.
+    steps = threading.Semaphore(0)
+
+    def fn(progress, should_stop, out_dir):
+        for i in range(4):
+            assert steps.acquire(timeout=5)
+            progress((i + 1) / 4, f"step {i + 1}/4")
+        assert steps.acquire(timeout=5)  # let the watcher see the last step before DONE replaces it
+        return {}
+
+    job_id = manager.submit("analysis", {}, fn)
     seen = []
     for info in manager.watch(job_id, poll_s=0.05):
         seen.append(info)
-        if info.state == JobState.RUNNING and not gate.is_set():
-            gate.set()
-    progress = [i.progress for i in seen if i.state == JobState.RUNNING]
-    assert seen[-1].state == JobState.DONE
-    assert progress == sorted(progress)  # monotone
-    # With a 50 ms-wakeable watcher and 5 quick steps we may coalesce some, but never skip the end.
-    assert seen[-1].progress == 1.0 and len(seen) >= 3
-    assert [i.state for i in seen].count(JobState.DONE) == 1
+        if info.state == JobState.RUNNING:
+            steps.release()
+    running = [(i.progress, i.message) for i in seen if i.state == JobState.RUNNING]
+    assert running == [(0.0, "running"), (0.25, "step 1/4"), (0.5, "step 2/4"), (0.75, "step 3/4"), (1.0, "step 4/4")]
+    assert [i.state for i in seen if i.state != JobState.RUNNING][-1] == JobState.DONE
+    assert seen[-1].state == JobState.DONE and seen[-1].message == "done"
 
 
 def test_cancel_stops_a_running_job(manager):

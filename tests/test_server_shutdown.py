@@ -44,12 +44,24 @@ def _address(proc: subprocess.Popen, lines: list[str], timeout: float = 120.0) -
             if m := LISTENING.search(line):
                 found.put(f"{m.group(1)}:{m.group(2)}")
 
-    threading.Thread(target=pump, daemon=True).start()
+    proc.pump = threading.Thread(target=pump, daemon=True)  # type: ignore[attr-defined]
+    proc.pump.start()  # type: ignore[attr-defined]
     try:
         return found.get(timeout=timeout)
     except queue.Empty:
         proc.kill()
         raise AssertionError("server did not report its address:\n" + "".join(lines)) from None
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Make sure the server is gone and its log pipe drained and closed (no leaked file handles)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(60)
+    pump = getattr(proc, "pump", None)
+    if pump is not None:
+        pump.join(10)
+    proc.stdout.close()
 
 
 def test_sigterm_during_enroll_stream_keeps_everything_acknowledged(tmp_path: Path) -> None:
@@ -108,8 +120,7 @@ def test_sigterm_during_enroll_stream_keeps_everything_acknowledged(tmp_path: Pa
         channel.close()
         client.close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _reap(proc)
     error = outcome.get("error")
     assert isinstance(error, errors.Unavailable), outcome
     assert "shutting down" in str(error)
@@ -128,7 +139,9 @@ def test_sigterm_during_enroll_stream_keeps_everything_acknowledged(tmp_path: Pa
             assert c.collection_stats("bulk").faces == acknowledged
     finally:
         proc2.send_signal(signal.SIGTERM)
-        assert proc2.wait(60) == 0
+        code = proc2.wait(60)
+        _reap(proc2)
+    assert code == 0
 
 
 def _server_model_id(client: Client) -> str:

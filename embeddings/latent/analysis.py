@@ -25,7 +25,7 @@ ShouldStop = Callable[[], bool]
 
 DEFAULT_METHOD = "knn"
 # α per method: relative to the mean density for knn/gmm; the DB-VAE lab's smoothing for histogram.
-DEFAULT_ALPHA: dict[str, float] = {"knn": 0.1, "gmm": 0.1, "histogram": 0.001}
+DEFAULT_ALPHA: dict[str, float] = {"knn": 0.01, "gmm": 0.01, "histogram": 0.001}
 
 
 @dataclass

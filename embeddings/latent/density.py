@@ -177,16 +177,17 @@ class HistogramDensity(DensityEstimator):
 class KNNDensity(DensityEstimator):
     """k-nearest-neighbour density: p(x) = k / (N · V_d · r_k(x)^d), r_k the distance to the k-th neighbour.
 
-    Exact L2 search with FAISS. For the fitted rows (``sample_weights()`` without ``X``) each row is
+    ``n_neighbors`` is capped at N-1. A large k (default 100) estimates the density at the scale of
+    groups rather than of single identities. Exact L2 search with FAISS. For the fitted rows (``sample_weights()`` without ``X``) each row is
     left out of its own neighbour list. Rows are compared in the units given (no rescaling), so the
     weights do not change when all of ``X`` is scaled by one factor. ``alpha`` is relative to the
     mean density (see :func:`~embeddings.latent.weights.inverse_density_weights`).
     """
 
     method = "knn"
-    _state = ("X_", "train_log_density_", "n_features_in_")
+    _state = ("X_", "k_", "train_log_density_", "n_features_in_")
 
-    def __init__(self, *, n_neighbors: int = 20, alpha: float = 0.1, batch_size: int = 16384) -> None:
+    def __init__(self, *, n_neighbors: int = 100, alpha: float = 0.01, batch_size: int = 16384) -> None:
         self.n_neighbors = n_neighbors
         self.alpha = alpha
         self.batch_size = batch_size
@@ -196,12 +197,13 @@ class KNNDensity(DensityEstimator):
             raise InvalidInput("n_neighbors >= 1, alpha >= 0 and batch_size >= 1 are required")
         for attr in self._state:
             self.__dict__.pop(attr, None)
-        X = self._check_X(X, min_rows=self.n_neighbors + 1)
+        X = self._check_X(X, min_rows=2)
+        self.k_ = min(self.n_neighbors, X.shape[0] - 1)
         self.X_ = X
         self.n_features_in_ = X.shape[1]
         self._restore()
         # The nearest hit of a fitted row is itself (or an exact twin at distance 0): skip one hit.
-        r = self._kth_distance(X, self.n_neighbors + 1)
+        r = self._kth_distance(X, self.k_ + 1)
         self.train_log_density_ = self._log_density(r, self.X_.shape[0] - 1)
         return self
 
@@ -224,12 +226,12 @@ class KNNDensity(DensityEstimator):
         # Twins closer than the k-th neighbour give r = 0; floor it far below the typical spacing.
         floor = (np.median(positive) if positive.size else 1.0) * 1e-6
         log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
-        return math.log(self.n_neighbors) - math.log(n) - log_unit_ball - d * np.log(np.maximum(r, floor))
+        return math.log(self.k_) - math.log(n) - log_unit_ball - d * np.log(np.maximum(r, floor))
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted()
         X = self._check_X(X)
-        return self._log_density(self._kth_distance(X, self.n_neighbors), self.X_.shape[0])
+        return self._log_density(self._kth_distance(X, self.k_), self.X_.shape[0])
 
     def _train_log_density(self) -> np.ndarray:
         return self.train_log_density_
@@ -255,7 +257,7 @@ class GMMDensity(DensityEstimator):
         self,
         *,
         n_components: tuple[int, ...] = (1, 2, 4, 8, 16),
-        alpha: float = 0.1,
+        alpha: float = 0.01,
         max_fit_samples: int = 20_000,
         reg_covar: float = 1e-4,
         seed: int = 0,

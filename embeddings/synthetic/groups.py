@@ -35,7 +35,7 @@ def make_group_embeddings(
     structure: str = "offset",
     separation: float = 4.0,
     subspace_dim: int = 2,
-    n_factors: int = 16,
+    n_factors: int = 8,
     images_per_identity: int = 10,
     identity_spread: float = 0.5,
     noise: float = 0.03,

@@ -97,8 +97,7 @@ def _client(args):
     from service.client import Client
 
     key = args.api_key or os.environ.get("LATENTFACE_API_KEY")
-    tls = Path(args.tls_ca).read_bytes() if args.tls_ca else None
-    return Client(args.server, api_key=key, tls_ca=tls)
+    return Client(args.server, api_key=key, tls=args.tls_ca or None)
 
 
 def _read(path: Path) -> bytes:
@@ -210,8 +209,7 @@ def run_enroll(args, config) -> int:
 
 
 def _enroll_remote(args, items, groups, metadata) -> int:
-    client = _client(args)
-    try:
+    with _client(args) as client:
         enrolled = []
         for subject, paths in items:
             result = client.enroll(
@@ -221,80 +219,75 @@ def _enroll_remote(args, items, groups, metadata) -> int:
                 display_name=args.name,
                 metadata=metadata,
                 groups=groups or None,
-                request_id=args.request_id,
+                request_id=args.request_id if len(items) == 1 else None,
             )
-            enrolled.append(result if isinstance(result, dict) else getattr(result, "__dict__", str(result)))
-        emit({"collection": args.collection, "enrolled": enrolled})
-        return 0
-    finally:
-        client.close()
+            enrolled.append({"subject_id": result.subject_id, "face_ids": [str(f) for f in result.face_ids]})
+    emit({"collection": args.collection, "enrolled": enrolled, "rejected": []})
+    return 0
 
 
 def run_verify(args, config) -> int:
     if bool(args.other) == bool(args.subject):
         raise InvalidInput("verify needs either a second IMAGE or --subject ID")
+    probe = _read(args.image)
     if args.server:
-        client = _client(args)
+        with _client(args) as client:
+            if args.subject:
+                result = client.verify(
+                    image=probe, subject_id=args.subject, collection=args.collection, threshold=args.threshold
+                )
+            else:
+                result = client.verify(image=probe, reference_image=_read(args.other), threshold=args.threshold)
+        decision, face_a, face_b = result.decision, result.probe_face, result.reference_face
+    else:
+        engine = _engine(config)
         try:
             if args.subject:
-                result = client.verify_subject(args.collection, args.subject, _read(args.image))
+                result = engine.verify_subject(probe, args.collection, args.subject, threshold=args.threshold)
             else:
-                result = client.verify_images(_read(args.image), _read(args.other), threshold=args.threshold)
+                result = engine.verify_images(probe, _read(args.other), threshold=args.threshold)
+            decision, face_a, face_b = result.decision, result.face_a, result.face_b
         finally:
-            client.close()
-        emit(result if isinstance(result, dict) else getattr(result, "__dict__", str(result)))
-        return 0 if getattr(result, "is_match", None) or (isinstance(result, dict) and result.get("is_match")) else 1
-    engine = _engine(config)
-    try:
-        if args.subject:
-            decision = engine.verify_subject(_read(args.image), args.collection, args.subject)
-            out = {"decision": _decision(decision)}
-        else:
-            result = engine.verify_images(_read(args.image), _read(args.other), threshold=args.threshold)
-            decision = result.decision
-            out = {"decision": _decision(decision), "face_a": _face(result.face_a), "face_b": _face(result.face_b)}
-        emit(out)
-        return 0 if decision.is_match else 1
-    finally:
-        engine.gallery.close()
+            engine.gallery.close()
+    out = {"decision": _decision(decision), "face_a": _face(face_a)}
+    if not args.subject:
+        out["face_b"] = _face(face_b)
+    emit(out)
+    return 0 if decision.is_match else 1
 
 
 def run_identify(args, config) -> int:
+    probe = _read(args.image)
     if args.server:
-        client = _client(args)
+        with _client(args) as client:
+            result = client.identify(probe, args.collection, k=args.k, threshold=args.threshold)
+        candidates = [(c.subject_id, c.face_id, c.decision.score, c.decision.is_match) for c in result.candidates]
+    else:
+        engine = _engine(config)
         try:
-            result = client.identify(args.collection, _read(args.image), k=args.k, threshold=args.threshold)
+            result = engine.identify(probe, args.collection, k=args.k, threshold=args.threshold)
         finally:
-            client.close()
-        emit(result if isinstance(result, dict) else getattr(result, "__dict__", str(result)))
-        return 0
-    engine = _engine(config)
-    try:
-        result = engine.identify(_read(args.image), args.collection, k=args.k, threshold=args.threshold)
-        emit(
-            {
-                "face": _face(result.face),
-                "candidates": [
-                    {"subject_id": c.subject_id, "face_id": str(c.face_id), "score": round(float(c.score), 6), "is_match": c.is_match}
-                    for c in result.candidates
-                ],
-            }
-        )
-        return 0
-    finally:
-        engine.gallery.close()
+            engine.gallery.close()
+        candidates = [(c.subject_id, c.face_id, c.score, c.is_match) for c in result.candidates]
+    emit(
+        {
+            "face": _face(result.face),
+            "candidates": [
+                {"subject_id": sid, "face_id": str(fid), "score": round(float(score), 6), "is_match": bool(match)}
+                for sid, fid, score, match in candidates
+            ],
+        }
+    )
+    return 0
 
 
 def run_delete(args, config) -> int:
     if args.server:
-        client = _client(args)
-        try:
+        with _client(args) as client:
             if args.subject:
                 client.delete_subject(args.collection, args.subject)
             else:
                 client.delete_face(args.collection, args.face)
-        finally:
-            client.close()
     else:
         from embeddings.gallery import Gallery
 
@@ -303,11 +296,18 @@ def run_delete(args, config) -> int:
             if args.subject:
                 gallery.delete_subject(args.collection, args.subject)
             else:
-                gallery.delete_face(args.collection, int(args.face))
+                gallery.delete_face(args.collection, _face_id(args.face))
         finally:
             gallery.close()
     emit({"deleted": {"subject_id": args.subject} if args.subject else {"face_id": args.face}})
     return 0
+
+
+def _face_id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise InvalidInput(f"face id must be an integer, got {text!r}") from exc
 
 
 def _scores_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -338,10 +338,9 @@ def _collection_pairs(gallery, collection: str) -> tuple[np.ndarray, np.ndarray]
     while True:
         page, token = gallery.list_subjects(collection, page_size=500, page_token=token)
         for subject in page:
-            sid = subject.subject_id if hasattr(subject, "subject_id") else subject["subject_id"]
-            vecs = gallery.subject_vectors(collection, sid)
+            _ids, vecs, _model = gallery.subject_vectors(collection, subject.subject_id)
             vectors.append(np.asarray(vecs, dtype=np.float32))
-            subjects.extend([sid] * len(vecs))
+            subjects.extend([subject.subject_id] * len(vecs))
         if not token:
             break
     if not vectors:

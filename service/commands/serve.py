@@ -23,6 +23,7 @@ _SERVER_FLAGS = {
     "batch_max_wait_ms": "server.batch_max_wait_ms",
     "log_format": "server.log_format",
     "auth": "server.auth",
+    "admin_key_file": "server.admin_key_file",
 }
 
 
@@ -44,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0: any free port)")
     p.add_argument("--batch-max-size", type=int, help="max face crops per encoder batch (default 32)")
     p.add_argument("--batch-max-wait-ms", type=float, help="max wait for a batch to fill, in ms (default 5)")
+    p.add_argument(
+        "--admin-key-file",
+        type=Path,
+        help="file holding the admin key to install on first start (e.g. a mounted Kubernetes Secret)",
+    )
     p.add_argument("--log-format", choices=("text", "json"), help="log format (default text)")
     p.add_argument(
         "--no-auth",

@@ -1,0 +1,88 @@
+"""``latentface analyze``: latent density analysis of a dataset → weights.csv, clusters.json, summary.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from embeddings.errors import InvalidInput
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "analyze",
+        parents=[common],
+        help="find under-represented faces (VAE latent density) and write rebalancing sample weights",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--images", type=Path, metavar="ROOT", help="image folder ROOT/<identity>/<image>")
+    source.add_argument("--embeddings", type=Path, metavar="FILE.npy", help="float32 N×D embeddings (needs --labels)")
+    parser.add_argument("--labels", type=Path, metavar="FILE.csv", help="CSV with an id column (+ identity, groups)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--method", choices=("knn", "gmm", "histogram"), default=None, help="density estimator")
+    parser.add_argument("--alpha", type=float, default=None, help="weight smoothing α (default: the method's)")
+    parser.add_argument("--latent-dim", type=int, default=32, help="VAE latent size (default %(default)s)")
+    parser.add_argument("--clusters", type=int, default=8, help="number of latent clusters (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, config: Any) -> int:
+    from tqdm import tqdm
+
+    from embeddings.dataset import embed_image_folder, load_embeddings
+    from embeddings.latent import DEFAULT_METHOD, run_analysis
+
+    bar = tqdm(total=1000, file=sys.stderr, disable=not sys.stderr.isatty(), unit="‰")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(fraction * 1000)
+        bar.set_description(message[:60], refresh=True)
+
+    try:
+        if args.embeddings is not None:
+            if args.labels is None:
+                raise InvalidInput("--embeddings needs --labels FILE.csv")
+            dataset = load_embeddings(args.embeddings, args.labels)
+        elif args.images is not None:
+            from service.runtime import build_pipeline
+
+            pipeline = build_pipeline(config)
+            cache_dir = Path(config.data_dir) / "cache" / "embeddings"
+            dataset = embed_image_folder(args.images, pipeline, cache_dir=cache_dir, labels_csv=args.labels, progress=progress)
+        else:
+            # Dataset.from_collection arrives with the gallery; until then a collection cannot be analysed here.
+            from embeddings import dataset as dataset_module
+
+            from_collection = getattr(dataset_module.Dataset, "from_collection", None)
+            if from_collection is None:
+                raise InvalidInput("analyze needs --images ROOT or --embeddings FILE.npy --labels FILE.csv")
+            dataset = from_collection(config, args.collection)
+        result = run_analysis(
+            dataset,
+            method=args.method or DEFAULT_METHOD,
+            alpha=args.alpha,
+            latent_dim=args.latent_dim,
+            n_clusters=args.clusters,
+            seed=args.seed,
+            progress=progress,
+        )
+        paths = result.write(args.out)
+    finally:
+        bar.close()
+    from service.cli import emit
+
+    emit(
+        {
+            "method": result.method,
+            "n": len(dataset),
+            "skipped": dataset.skipped,
+            "effective_sample_size": round(result.effective_sample_size, 1),
+            "outputs": {k: str(v) for k, v in paths.items()},
+        }
+    )
+    return 0

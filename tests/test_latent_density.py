@@ -1,0 +1,208 @@
+"""Density estimators and weights: references, invariances, round trips (no VAE involved)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import gammaln
+
+import embeddings.latent as latent
+from embeddings.errors import InvalidInput, NotFitted
+from embeddings.latent import (
+    GMMDensity,
+    HistogramDensity,
+    KNNDensity,
+    clip_weights,
+    effective_sample_size,
+    inverse_density_weights,
+    make_estimator,
+    weighted_sampler,
+)
+
+
+def dbvae_reference(mu: np.ndarray, *, bins: int = 10, alpha: float = 0.001) -> np.ndarray:
+    """The MIT 6.S191 DB-VAE lab's get_training_sample_probabilities, transcribed directly."""
+    training_sample_p = np.zeros(mu.shape[0])
+    for i in range(mu.shape[1]):
+        hist_density, bin_edges = np.histogram(mu[:, i], density=True, bins=bins)
+        bin_edges[0] = -float("inf")
+        bin_edges[-1] = float("inf")
+        bin_idx = np.digitize(mu[:, i], bin_edges)
+        hist_smoothed_density = hist_density + alpha
+        hist_smoothed_density = hist_smoothed_density / np.sum(hist_smoothed_density)
+        p = 1.0 / (hist_smoothed_density[bin_idx - 1])
+        p = p / np.sum(p)
+        training_sample_p = np.maximum(p, training_sample_p)
+    training_sample_p /= np.sum(training_sample_p)
+    return training_sample_p
+
+
+def knn_reference(X: np.ndarray, k: int) -> np.ndarray:
+    """Leave-one-out kNN log-density by brute force."""
+    n, d = X.shape
+    dist = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(dist, np.inf)
+    r = np.sort(dist, axis=1)[:, k - 1]
+    log_ball = 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1)
+    return math.log(k) - math.log(n - 1) - log_ball - d * np.log(r)
+
+
+@pytest.fixture
+def blobs(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Planted truth: 950 points in a tight blob, 50 in a far, equally tight one."""
+    major = rng.normal(0.0, 1.0, size=(950, 4))
+    minor = rng.normal(0.0, 1.0, size=(50, 4)) + np.array([6.0, 0, 0, 0])
+    X = np.concatenate([major, minor]).astype(np.float32)
+    return X, np.r_[np.zeros(950, bool), np.ones(50, bool)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("alpha", [0.001, 0.5])
+def test_histogram_matches_dbvae_transcription(seed: int, alpha: float) -> None:
+    mu = np.random.default_rng(seed).standard_t(3, size=(700, 6)).astype(np.float32)
+    ours = HistogramDensity(alpha=alpha).fit(mu).sample_weights()
+    np.testing.assert_allclose(ours, dbvae_reference(mu, alpha=alpha), rtol=1e-9, atol=0)
+
+
+def test_histogram_product_combination_is_the_normalised_product(rng: np.random.Generator) -> None:
+    mu = rng.normal(size=(300, 3)).astype(np.float32)
+    per_dim = [dbvae_reference(mu[:, [j]]) for j in range(3)]  # one dimension = that dimension's p
+    expected = np.prod(per_dim, axis=0)
+    got = HistogramDensity(combine="product").fit(mu).sample_weights()
+    np.testing.assert_allclose(got, expected / expected.sum(), rtol=1e-9)
+
+
+def test_histogram_new_points_fall_in_open_outer_bins(rng: np.random.Generator) -> None:
+    est = HistogramDensity(bins=5).fit(rng.normal(size=(200, 2)).astype(np.float32))
+    far = np.array([[100.0, -100.0], [-100.0, 100.0]], dtype=np.float32)
+    q = est._bin_probability(far)
+    smoothed = est.density_ + est.alpha
+    smoothed /= smoothed.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(q, [[smoothed[0, -1], smoothed[1, 0]], [smoothed[0, 0], smoothed[1, -1]]])
+
+
+def test_knn_log_density_matches_brute_force(rng: np.random.Generator) -> None:
+    X = rng.normal(size=(120, 3)).astype(np.float32)
+    est = KNNDensity(n_neighbors=7).fit(X)
+    np.testing.assert_allclose(est.train_log_density_, knn_reference(X.astype(np.float64), 7), rtol=1e-4, atol=1e-4)
+
+
+def test_knn_density_integrates_close_to_one_in_1d(rng: np.random.Generator) -> None:
+    X = rng.normal(size=(4000, 1)).astype(np.float32)
+    est = KNNDensity(n_neighbors=50).fit(X)
+    grid = np.linspace(-4, 4, 801, dtype=np.float32)[:, None]
+    mass = np.exp(est.score_samples(grid)).sum() * (8 / 800)
+    assert mass == pytest.approx(1.0, abs=0.08)
+
+
+def test_gmm_picks_the_planted_number_of_components_and_matches_truth(rng: np.random.Generator) -> None:
+    centres = np.array([[0, 0], [8, 0], [0, 8]], dtype=float)
+    X = np.concatenate([rng.normal(size=(400, 2)) + c for c in centres]).astype(np.float32)
+    est = GMMDensity(n_components=(1, 2, 3, 4, 6), seed=0).fit(X)
+    assert est.n_components_ == 3
+    grid = np.array([[0, 0], [8, 0], [1.5, 1.5]], dtype=np.float32)
+    truth = np.log(np.mean([np.exp(-0.5 * ((grid - c) ** 2).sum(1)) / (2 * np.pi) for c in centres], axis=0))
+    np.testing.assert_allclose(est.score_samples(grid), truth, atol=0.25)
+
+
+@pytest.mark.parametrize("method", ["knn", "gmm", "histogram"])
+def test_minority_blob_gets_the_larger_weights(method: str, blobs) -> None:
+    X, minority = blobs
+    w = make_estimator(method).fit(X).sample_weights()
+    assert w.sum() == pytest.approx(1.0)
+    assert w[minority].sum() > 0.15  # >= 3x its 5% share
+    assert np.median(w[minority]) > 3 * np.median(w[~minority])
+
+
+@pytest.mark.parametrize("method", ["knn", "gmm"])
+def test_scaling_all_coordinates_leaves_weights_unchanged(method: str, blobs) -> None:
+    X, _ = blobs
+    a = make_estimator(method).fit(X).sample_weights()
+    b = make_estimator(method).fit(X * 7.5).sample_weights()
+    np.testing.assert_allclose(a, b, rtol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["knn", "gmm", "histogram"])
+def test_row_shuffle_permutes_weights(method: str, blobs, rng: np.random.Generator) -> None:
+    X, _ = blobs
+    perm = rng.permutation(X.shape[0])
+    a = make_estimator(method).fit(X).sample_weights()
+    b = make_estimator(method).fit(X[perm]).sample_weights()
+    # GMM's EM starts from seeded k-means on the rows in their given order: equal up to optimisation tolerance.
+    np.testing.assert_allclose(b, a[perm], rtol=1e-6 if method != "gmm" else 2e-2)
+
+
+def test_duplicating_a_row_leaves_the_others_relative_weights_nearly_unchanged(blobs) -> None:
+    X, _ = blobs
+    a = KNNDensity().fit(X).sample_weights()
+    b = KNNDensity().fit(np.concatenate([X, X[:1]])).sample_weights()[: X.shape[0]]
+    others = slice(1, None)
+    ratio = (b[others] / b[others].sum()) / (a[others] / a[others].sum())
+    assert np.abs(ratio - 1).max() < 0.05
+    assert np.median(np.abs(ratio - 1)) < 0.01
+
+
+@pytest.mark.parametrize("method", ["knn", "gmm", "histogram"])
+def test_save_load_round_trip(method: str, blobs, tmp_path) -> None:
+    X, _ = blobs
+    est = make_estimator(method).fit(X)
+    est.save(tmp_path / "est.npz")
+    back = latent.DensityEstimator.load(tmp_path / "est.npz")
+    assert type(back) is type(est) and back.get_params() == est.get_params()
+    probe = X[::37] + 0.1
+    np.testing.assert_allclose(back.score_samples(probe), est.score_samples(probe), rtol=1e-6)
+    np.testing.assert_allclose(back.sample_weights(), est.sample_weights(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["knn", "gmm", "histogram"])
+def test_not_fitted_and_bad_input(method: str) -> None:
+    est = make_estimator(method)
+    with pytest.raises(NotFitted):
+        est.sample_weights()
+    with pytest.raises(NotFitted):
+        est.score_samples(np.zeros((2, 2)))
+    with pytest.raises(InvalidInput):
+        est.fit(np.array([[np.nan, 1.0], [0.0, 1.0]]))
+    with pytest.raises(InvalidInput):
+        make_estimator("kde")
+
+
+def test_alpha_interpolates_between_latent_uniform_and_data_uniform() -> None:
+    log_p = np.log(np.array([0.1, 1.0, 10.0]))
+    inv = inverse_density_weights(log_p, alpha=0.0)
+    p_rel = np.exp(log_p) / np.exp(log_p).mean()
+    np.testing.assert_allclose(inv, (1 / p_rel) / (1 / p_rel).sum())
+    big = inverse_density_weights(log_p, alpha=1e6)
+    np.testing.assert_allclose(big, np.full(3, 1 / 3), atol=1e-5)
+    spreads = [np.ptp(inverse_density_weights(log_p, alpha=a)) for a in (0.0, 0.1, 1.0, 10.0)]
+    assert spreads == sorted(spreads, reverse=True)
+
+
+def test_clip_and_effective_sample_size() -> None:
+    w = np.array([1.0] * 9 + [91.0])
+    clipped = clip_weights(w, max_ratio=10.0)
+    np.testing.assert_allclose(clipped, np.r_[[1.0] * 9, 10.0] / 19.0)
+    assert effective_sample_size(np.full(50, 0.02)) == pytest.approx(50.0)
+    assert effective_sample_size(np.r_[1.0, np.zeros(9)]) == pytest.approx(1.0)
+    with pytest.raises(InvalidInput):
+        clip_weights(np.array([-1.0, 2.0]))
+
+
+def test_weighted_sampler_draws_with_the_weights() -> None:
+    w = np.array([0.7, 0.2, 0.1, 0.0])
+    draws = np.array(list(weighted_sampler(w, num_samples=20_000, seed=3)))
+    np.testing.assert_allclose(np.bincount(draws, minlength=4) / draws.size, w, atol=0.015)
+    assert list(weighted_sampler(w, num_samples=50, seed=3)) == list(weighted_sampler(w, num_samples=50, seed=3))
+
+
+def test_public_surface_is_pinned() -> None:
+    assert sorted(latent.__all__) == sorted(
+        [
+            "AnalysisResult", "Cluster", "DEFAULT_ALPHA", "DEFAULT_METHOD", "DensityEstimator", "EmbeddingVAE",
+            "GMMDensity", "HistogramDensity", "KNNDensity", "METHODS", "clip_weights", "effective_sample_size",
+            "find_clusters", "inverse_density_weights", "kmeans_labels", "make_estimator", "relative_density",
+            "run_analysis", "weighted_sampler",
+        ]
+    )
