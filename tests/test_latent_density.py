@@ -89,6 +89,19 @@ def test_knn_log_density_matches_brute_force(rng: np.random.Generator) -> None:
     np.testing.assert_allclose(est.train_log_density_, knn_reference(X.astype(np.float64), 7), rtol=1e-4, atol=1e-4)
 
 
+def test_knn_with_a_reference_subset_matches_brute_force(rng: np.random.Generator) -> None:
+    X = rng.normal(size=(500, 2)).astype(np.float64)
+    est = KNNDensity(n_neighbors=5, max_reference=200, seed=4).fit(X)
+    ref = np.sort(np.random.default_rng(4).choice(500, 200, replace=False))
+    np.testing.assert_allclose(est.X_, X[ref].astype(np.float32))
+    dist = np.sqrt(((X[:, None, :] - X[None, ref, :]) ** 2).sum(-1))
+    dist[ref, np.arange(200)] = np.inf  # a reference row is not its own neighbour
+    in_ref = np.isin(np.arange(500), ref)
+    r = np.sort(dist, axis=1)[:, 4]
+    expected = math.log(5) - np.log(200 - in_ref) - math.log(math.pi) - 2 * np.log(r)
+    np.testing.assert_allclose(est.train_log_density_, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_knn_density_integrates_close_to_one_in_1d(rng: np.random.Generator) -> None:
     X = rng.normal(size=(4000, 1)).astype(np.float32)
     est = KNNDensity(n_neighbors=50).fit(X)

@@ -136,7 +136,7 @@ def run_analysis(
 
     report(0.6, f"estimating {method} density on {active.size} active latent dimensions")
     params = dict(estimator_params or {})
-    if method == "gmm":
+    if method in ("gmm", "knn"):
         params.setdefault("seed", seed)
     estimator = make_estimator(method, alpha=alpha, **params).fit(latent)
     _check_stop(stop)

@@ -177,7 +177,7 @@ class HistogramDensity(DensityEstimator):
 class KNNDensity(DensityEstimator):
     """k-nearest-neighbour density: p(x) = k / (N · V_d · r_k(x)^d), r_k the distance to the k-th neighbour.
 
-    ``n_neighbors`` is capped at N-1. A large k (default 100) estimates the density at the scale of
+    ``n_neighbors`` is capped at M-1, M the reference rows (all rows, or ``max_reference`` seeded ones). A large k (default 100) estimates the density at the scale of
     groups rather than of single identities. Exact L2 search with FAISS. For the fitted rows (``sample_weights()`` without ``X``) each row is
     left out of its own neighbour list. Rows are compared in the units given (no rescaling), so the
     weights do not change when all of ``X`` is scaled by one factor. ``alpha`` is relative to the
@@ -187,10 +187,20 @@ class KNNDensity(DensityEstimator):
     method = "knn"
     _state = ("X_", "k_", "train_log_density_", "n_features_in_")
 
-    def __init__(self, *, n_neighbors: int = 100, alpha: float = 0.01, batch_size: int = 16384) -> None:
+    def __init__(
+        self,
+        *,
+        n_neighbors: int = 100,
+        alpha: float = 0.01,
+        max_reference: int | None = 20_000,
+        batch_size: int = 16384,
+        seed: int = 0,
+    ) -> None:
         self.n_neighbors = n_neighbors
         self.alpha = alpha
+        self.max_reference = max_reference
         self.batch_size = batch_size
+        self.seed = seed
 
     def fit(self, X: np.ndarray) -> KNNDensity:
         if self.n_neighbors < 1 or not self.alpha >= 0 or self.batch_size < 1:
@@ -198,13 +208,23 @@ class KNNDensity(DensityEstimator):
         for attr in self._state:
             self.__dict__.pop(attr, None)
         X = self._check_X(X, min_rows=2)
-        self.k_ = min(self.n_neighbors, X.shape[0] - 1)
-        self.X_ = X
+        n = X.shape[0]
+        # Beyond max_reference rows the neighbours are searched in a seeded random subset: the
+        # estimate stays unbiased (k of M reference rows) and the search costs N·M, not N².
+        if self.max_reference is not None and n > self.max_reference:
+            ref = np.sort(np.random.default_rng(self.seed).choice(n, int(self.max_reference), replace=False))
+        else:
+            ref = np.arange(n)
+        self.X_ = X[ref]
+        self.k_ = min(self.n_neighbors, self.X_.shape[0] - 1)
         self.n_features_in_ = X.shape[1]
         self._restore()
-        # The nearest hit of a fitted row is itself (or an exact twin at distance 0): skip one hit.
-        r = self._kth_distance(X, self.k_ + 1)
-        self.train_log_density_ = self._log_density(r, self.X_.shape[0] - 1)
+        # A reference row's nearest hit is itself (or an exact twin at distance 0): skip one hit for those.
+        d2 = self._search(X, self.k_ + 1)
+        in_ref = np.zeros(n, dtype=bool)
+        in_ref[ref] = True
+        r = np.where(in_ref, d2[:, self.k_], d2[:, self.k_ - 1])
+        self.train_log_density_ = self._log_density(r, self.X_.shape[0] - in_ref.astype(np.float64))
         return self
 
     def _restore(self) -> None:
@@ -213,25 +233,26 @@ class KNNDensity(DensityEstimator):
         self.index_ = faiss.IndexFlatL2(int(self.n_features_in_))
         self.index_.add(np.ascontiguousarray(self.X_, dtype=np.float32))
 
-    def _kth_distance(self, X: np.ndarray, k: int) -> np.ndarray:
-        out = np.empty(X.shape[0], dtype=np.float64)
+    def _search(self, X: np.ndarray, k: int) -> np.ndarray:
+        """Distances (not squared) to the k nearest reference rows, N×k ascending."""
+        out = np.empty((X.shape[0], k), dtype=np.float64)
         for start in range(0, X.shape[0], self.batch_size):
             d2, _ = self.index_.search(X[start : start + self.batch_size], k)
-            out[start : start + self.batch_size] = np.sqrt(np.maximum(d2[:, k - 1], 0.0))
+            out[start : start + self.batch_size] = np.sqrt(np.maximum(d2, 0.0))
         return out
 
-    def _log_density(self, r: np.ndarray, n: int) -> np.ndarray:
+    def _log_density(self, r: np.ndarray, n: float | np.ndarray) -> np.ndarray:
         d = self.n_features_in_
         positive = r[r > 0]
         # Twins closer than the k-th neighbour give r = 0; floor it far below the typical spacing.
         floor = (np.median(positive) if positive.size else 1.0) * 1e-6
         log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
-        return math.log(self.k_) - math.log(n) - log_unit_ball - d * np.log(np.maximum(r, floor))
+        return math.log(self.k_) - np.log(n) - log_unit_ball - d * np.log(np.maximum(r, floor))
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted()
         X = self._check_X(X)
-        return self._log_density(self._kth_distance(X, self.k_), self.X_.shape[0])
+        return self._log_density(self._search(X, self.k_)[:, -1], self.X_.shape[0])
 
     def _train_log_density(self) -> np.ndarray:
         return self.train_log_density_
