@@ -2,8 +2,8 @@
 
 Three ways in: an embeddings file (``.npy`` float32 N×D plus a labels CSV), an image folder
 (``ROOT/<identity>/<image>``, embedded with a :class:`~embeddings.pipeline.FacePipeline` and cached by
-content hash and model id), and, later, a gallery collection (``Dataset.from_collection``, added by
-the gallery owner).
+content hash and model id), and a gallery collection (:meth:`Dataset.from_collection`: one row per
+enrolled face, labelled with its subject and the subject's group attributes).
 """
 
 from __future__ import annotations
@@ -14,11 +14,21 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embeddings.errors import Cancelled, InvalidDataset, InvalidImage, NoFaceFound, QualityRejected
+from embeddings.errors import (
+    Cancelled,
+    InvalidDataset,
+    InvalidImage,
+    NoFaceFound,
+    QualityRejected,
+    SubjectNotFound,
+)
+
+if TYPE_CHECKING:
+    from embeddings.gallery import Gallery
 
 __all__ = [
     "Dataset",
@@ -34,6 +44,9 @@ ShouldStop = Callable[[], bool]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _RESERVED = ("id", "identity")
+# |‖x‖² − 1| under this counts as unit length: float32 rounding of an already-normalised row.
+_UNIT_TOLERANCE = 1e-5
+_COLLECTION_PAGE = 500
 
 
 @dataclass
@@ -62,10 +75,14 @@ class Dataset:
             raise InvalidDataset("ids must be unique")
         if not np.isfinite(vectors).all():
             raise InvalidDataset("vectors contain NaN or inf")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if n and (norms <= 0).any():
-            raise InvalidDataset(f"row {int(np.argmin(norms[:, 0]))} is an all-zero vector")
-        self.vectors = np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+        # einsum, not np.linalg.norm: no N×D temporary, which matters for a whole collection's faces.
+        sq_norms = np.einsum("ij,ij->i", vectors, vectors)[:, None]
+        if n and (sq_norms <= 0).any():
+            raise InvalidDataset(f"row {int(np.argmin(sq_norms[:, 0]))} is an all-zero vector")
+        if n and np.abs(sq_norms - 1.0).max() > _UNIT_TOLERANCE:
+            vectors = vectors / np.sqrt(np.where(sq_norms > 0, sq_norms, 1.0))
+        # Rows already unit length (a gallery's are) are kept as they are: no second N×D copy.
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self.identities is not None:
             self.identities = np.asarray(self.identities).astype(str)
             if self.identities.shape != (n,):
@@ -92,8 +109,89 @@ class Dataset:
             model_id=self.model_id,
         )
 
-    # Dataset.from_collection(gallery, name) belongs here: the gallery owner adds it, building ids from
-    # face ids, identities from subject ids and groups from the subjects' group attributes.
+    @classmethod
+    def from_collection(
+        cls,
+        gallery: Gallery,
+        collection: str,
+        *,
+        page_size: int = _COLLECTION_PAGE,
+        progress: Progress | None = None,
+        should_stop: ShouldStop | None = None,
+    ) -> Dataset:
+        """Every enrolled face of ``collection``: one row per face.
+
+        ``ids`` are face ids (as strings), ``identities`` subject ids, ``model_id`` the collection's.
+        Each group attribute set on any subject becomes a group column; subjects without that
+        attribute get the empty string there (a group of its own in an audit, so label every
+        subject with the attributes you group by). Subjects are read a page at a time and their
+        vectors written into one preallocated N×D array, so memory stays near that array's size.
+        Raises CollectionNotFound for an unknown collection and InvalidDataset for an empty one.
+        """
+        record = gallery.get_collection(collection)  # CollectionNotFound passes through
+        stats = gallery.collection_stats(collection)
+        if stats.faces == 0 or record.dim is None:
+            raise InvalidDataset(f"collection {collection!r} has no enrolled faces to analyse")
+        vectors = np.empty((stats.faces, record.dim), dtype=np.float32)
+        face_ids = np.empty(stats.faces, dtype=np.int64)
+        row_subject = np.empty(stats.faces, dtype=np.int64)  # row -> index into subject_ids
+        subject_ids: list[str] = []
+        subject_groups: list[dict[str, Any]] = []
+        filled = 0
+        token: str | None = None
+        while True:
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"reading collection {collection!r} was cancelled")
+            page, token = gallery.list_subjects(collection, page_size=page_size, page_token=token)
+            for subject in page:
+                try:
+                    ids, vecs, _model = gallery.subject_vectors(collection, subject.subject_id)
+                except SubjectNotFound:
+                    continue  # deleted since the page was read: it is gone, so is its row
+                if len(ids) == 0:
+                    continue
+                end = filled + len(ids)
+                if end > len(vectors):  # faces enrolled while we read: grow once, geometrically
+                    size = max(end, 2 * len(vectors))
+                    vectors = _grow(vectors, size)
+                    face_ids = _grow(face_ids, size)
+                    row_subject = _grow(row_subject, size)
+                vectors[filled:end] = vecs
+                face_ids[filled:end] = ids
+                row_subject[filled:end] = len(subject_ids)
+                subject_ids.append(subject.subject_id)
+                subject_groups.append(dict(subject.groups or {}))
+                filled = end
+            if progress is not None:
+                done = min(len(subject_ids), stats.subjects) / max(stats.subjects, 1)
+                progress(done, f"read {filled} faces of {len(subject_ids)} subjects")
+            if token is None:
+                break
+        if filled == 0:
+            raise InvalidDataset(f"collection {collection!r} has no enrolled faces to analyse")
+        rows = row_subject[:filled]
+        columns = sorted({name for groups in subject_groups for name in groups})
+        return cls(
+            ids=face_ids[:filled].astype(str),
+            vectors=vectors[:filled],
+            identities=np.array(subject_ids, dtype=str)[rows],
+            groups={
+                name: np.array([_group_label(g.get(name)) for g in subject_groups], dtype=str)[rows]
+                for name in columns
+            },
+            model_id=record.model_id,
+        )
+
+
+def _grow(array: np.ndarray, rows: int) -> np.ndarray:
+    out = np.empty((rows, *array.shape[1:]), dtype=array.dtype)
+    out[: len(array)] = array
+    return out
+
+
+def _group_label(value: Any) -> str:
+    """A subject's group attribute as a label: missing or null → ``""``, anything else as text."""
+    return "" if value is None else str(value)
 
 
 @dataclass(frozen=True)

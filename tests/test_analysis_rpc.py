@@ -189,3 +189,31 @@ def test_watch_follows_progress_of_a_live_job(server, admin):
     assert messages[-1] == ("DONE", "done")
     assert [m for s, m in messages if s == "RUNNING" and m.startswith("step")] == ["step 1", "step 2", "step 3"]
     assert admin.get_report(job_id, "x.json").data == b"{}"
+
+
+def test_analysis_and_audit_of_a_collection(admin, server):
+    # The collection's faces are the dataset: ids = face ids, identities = subjects, groups = theirs.
+    ds = make_group_embeddings(n=60, images_per_identity=4, shares={"majority": 0.7, "minority": 0.3}, seed=2)
+    server.engine.create_collection("team", threshold=0.31)
+    face_ids = []
+    for identity in sorted(set(ds.identities.tolist())):
+        rows = ds.identities == identity
+        [group] = set(ds.groups["group"][rows].tolist())
+        result = server.engine.enroll_embeddings(
+            "team", identity, ds.vectors[rows], "synthetic/v1", groups={"group": group}
+        )
+        face_ids += [str(f) for f in result.face_ids]
+
+    job = admin.start_analysis(collection="team", method="histogram", latent_dim=4, seed=0)
+    final = list(admin.watch_job(job.id, timeout=240))[-1]
+    assert final.state == "DONE", final.error
+    rows = list(csv.DictReader(admin.get_report(job.id, "weights.csv").data.decode().splitlines()))
+    assert [r["id"] for r in rows] == face_ids
+
+    audit = admin.start_audit(collection="team", group_by=["group"], seed=1)
+    final = list(admin.watch_job(audit.id, timeout=240))[-1]
+    assert final.state == "DONE", final.error
+    report = json.loads(admin.get_report(audit.id, "report.json").data)
+    assert (report["threshold"], report["threshold_source"]) == (0.31, "given")  # the collection's own
+    assert set(report["groups"]) == {"majority", "minority"}
+    assert sum(g["n_identities"] for g in report["groups"].values()) == len(set(ds.identities.tolist()))

@@ -1,13 +1,20 @@
-"""Dataset loaders: embeddings + labels files, image folders with a content-hash cache, synthetic groups."""
+"""Dataset loaders: embeddings + labels files, image folders (real MTCNN + seeded encoder) with a
+content-hash cache, gallery collections, synthetic groups."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from embeddings.config import EncoderConfig, GalleryConfig
 from embeddings.dataset import Dataset, embed_image_folder, load_embeddings, load_labels
-from embeddings.errors import InvalidDataset, InvalidInput, NoFaceFound
+from embeddings.detect import FaceDetector
+from embeddings.encode import FaceEncoder
+from embeddings.errors import CollectionNotFound, InvalidDataset, InvalidInput
+from embeddings.gallery import Gallery
+from embeddings.pipeline import FacePipeline
 from embeddings.synthetic.groups import make_group_embeddings
 
 
@@ -51,71 +58,156 @@ def test_load_labels_without_identity(tmp_path) -> None:
     assert table.identities is None and table.groups["group"].tolist() == ["A", "B"]
 
 
-class MeanColourPipeline:
-    """A stand-in for FacePipeline (same embed_one/model_id protocol): the embedding is the image's
-    colour histogram; an all-black image has "no face". Counts its calls so the cache can be checked."""
+class CountingPipeline(FacePipeline):
+    """The real pipeline, counting what it is asked to do: images embedded and crops encoded."""
 
-    model_id = "mean-colour/v1"
+    def __init__(self, encoder: FaceEncoder) -> None:
+        super().__init__(FaceDetector(), encoder, encode_fn=self._count_crops)
+        self._encoder = encoder
+        self.images = 0
+        self.crops = 0
 
-    def __init__(self) -> None:
-        self.calls = 0
+    def _count_crops(self, crops: np.ndarray) -> np.ndarray:
+        self.crops += len(crops)
+        return self._encoder.encode(crops)
 
-    def embed_one(self, data: bytes) -> np.ndarray:
-        import io
-
-        self.calls += 1
-        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
-        if pixels.max() == 0:
-            raise NoFaceFound("no face")
-        hist = [np.histogram(pixels[..., c], bins=4, range=(0, 256))[0] for c in range(3)]
-        return np.concatenate(hist).astype(np.float32) + 1.0
+    def embed_one(self, source, *, require_quality: bool = False):  # noqa: ANN001, ANN201
+        self.images += 1
+        return super().embed_one(source, require_quality=require_quality)
 
 
-def _image_tree(root, rng) -> None:
-    for person in ("alice", "bob"):
-        (root / person).mkdir(parents=True)
-        for i in range(3):
-            img = rng.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
-            Image.fromarray(img).save(root / person / f"{i}.png")
-    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "bob" / "blank.png")
+@pytest.fixture(scope="module")
+def _one_torch_thread():
+    # Same reason as in test_pipeline.py: OpenMP spin-waits made MTCNN much slower on a loaded box.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def encoder(_one_torch_thread) -> FaceEncoder:
+    return FaceEncoder(EncoderConfig(weights="random", seed=0))
+
+
+def _composite(face: np.ndarray, size: int, canvas: int, at: tuple[int, int], fill: int) -> np.ndarray:
+    """``face`` resized to ``size`` px, pasted at ``at`` on a ``canvas``-px square of grey ``fill``."""
+    small = np.asarray(Image.fromarray(face).resize((size, size), Image.Resampling.BILINEAR))
+    out = np.full((canvas, canvas, 3), fill, np.uint8)
+    out[at[1] : at[1] + size, at[0] : at[0] + size] = small
+    return out
+
+
+@pytest.fixture(scope="module")
+def faces_tree(tmp_path_factory, astronaut):
+    """ROOT/alice/{0,1}.png, ROOT/bob/{0,1}.png (astronaut composites, one face each), ROOT/bob/blank.png
+    (no face) and a non-image file; returns (root, the images by relative path)."""
+    root = tmp_path_factory.mktemp("faces")
+    images = {
+        "alice/0.png": astronaut,
+        "alice/1.png": np.ascontiguousarray(astronaut[:, ::-1]),
+        "bob/0.png": _composite(astronaut, 320, 400, (40, 60), 90),
+        "bob/1.png": _composite(np.ascontiguousarray(astronaut[:, ::-1]), 300, 420, (100, 20), 200),
+        "bob/blank.png": np.full((300, 300, 3), 128, np.uint8),
+    }
+    for rel, pixels in images.items():
+        (root / rel).parent.mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(root / rel)
     (root / "bob" / "notes.txt").write_text("not an image")
+    return root, images
 
 
-def test_embed_image_folder_caches_and_counts_skipped(tmp_path, rng) -> None:
-    root = tmp_path / "faces"
-    _image_tree(root, rng)
-    pipeline = MeanColourPipeline()
+def test_embed_image_folder_real_pipeline_caches_and_counts_skipped(tmp_path, faces_tree, encoder) -> None:
+    root, images = faces_tree
+    pipeline = CountingPipeline(encoder)
     ds = embed_image_folder(root, pipeline, cache_dir=tmp_path / "cache")
-    assert pipeline.calls == 7
-    assert ds.ids.tolist() == [f"alice/{i}.png" for i in range(3)] + [f"bob/{i}.png" for i in range(3)]
-    assert ds.identities.tolist() == ["alice"] * 3 + ["bob"] * 3
-    assert ds.skipped == {"no_face": 1} and ds.model_id == "mean-colour/v1"
+    assert (pipeline.images, pipeline.crops) == (5, 4)  # the blank image is looked at, nothing to encode
+    assert ds.ids.tolist() == ["alice/0.png", "alice/1.png", "bob/0.png", "bob/1.png"]
+    assert ds.identities.tolist() == ["alice", "alice", "bob", "bob"]
+    assert ds.skipped == {"no_face": 1} and ds.model_id == encoder.model_id
+    # Each row is the best face's embedding of that image, as the pipeline gives it directly.
+    reference = FacePipeline(FaceDetector(), encoder)
+    for row, rel in enumerate(ds.ids.tolist()):
+        expected = reference.embed_one(images[rel]).vector
+        np.testing.assert_allclose(ds.vectors[row], expected, atol=1e-5)
+
     again = embed_image_folder(root, pipeline, cache_dir=tmp_path / "cache")
-    assert pipeline.calls == 7  # nothing re-embedded, the no-face image included
+    assert (pipeline.images, pipeline.crops) == (5, 4)  # all from the cache, the no-face image included
     np.testing.assert_array_equal(again.vectors, ds.vectors)
-    assert again.skipped == {"no_face": 1}
+    assert again.skipped == {"no_face": 1} and again.ids.tolist() == ds.ids.tolist()
 
-    class OtherModel(MeanColourPipeline):
-        model_id = "other/v2"
+    other = CountingPipeline(FaceEncoder(EncoderConfig(weights="random", seed=1)))
+    assert other.model_id != pipeline.model_id
+    other_ds = embed_image_folder(root, other, cache_dir=tmp_path / "cache")
+    assert (other.images, other.crops) == (5, 4)  # the cache is keyed by model id too
+    assert not np.allclose(other_ds.vectors, ds.vectors)
 
-    other = OtherModel()
-    embed_image_folder(root, other, cache_dir=tmp_path / "cache")
-    assert other.calls == 7  # the cache is keyed by model id too
+
+def test_embed_image_folder_attaches_labels(tmp_path, faces_tree, encoder) -> None:
+    root, _images = faces_tree
+    (tmp_path / "l.csv").write_text(
+        "id,group\nalice/0.png,A\nalice/1.png,A\nbob/0.png,B\nbob/1.png,B\nbob/blank.png,B\n"
+    )
+    pipeline = CountingPipeline(encoder)
+    ds = embed_image_folder(root, pipeline, cache_dir=tmp_path / "c", labels_csv=tmp_path / "l.csv")
+    assert ds.ids.tolist() == ["alice/0.png", "alice/1.png", "bob/0.png", "bob/1.png"]
+    assert ds.groups["group"].tolist() == ["A", "A", "B", "B"]
 
 
-def test_embed_image_folder_attaches_labels(tmp_path, rng) -> None:
-    root = tmp_path / "faces"
-    _image_tree(root, rng)
-    rows = [f"{p}/{i}.png,{g}" for p, g in (("alice", "A"), ("bob", "B")) for i in range(3)]
-    (tmp_path / "l.csv").write_text("id,group\n" + "\n".join(rows + ["bob/blank.png,B"]) + "\n")
-    ds = embed_image_folder(root, MeanColourPipeline(), cache_dir=tmp_path / "c", labels_csv=tmp_path / "l.csv")
-    assert ds.groups["group"].tolist() == ["A"] * 3 + ["B"] * 3
+def _planted_collection(gallery: Gallery, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, dict]]:
+    """Five subjects with 1-3 faces each; one subject has no 'age' attribute and one has no groups."""
+    planted = {
+        "s1": (rng.normal(size=(2, 8)), {"skin": "dark", "age": "young"}),
+        "s2": (rng.normal(size=(3, 8)), {"skin": "light", "age": "old"}),
+        "s3": (rng.normal(size=(1, 8)), {"skin": "dark"}),
+        "s4": (rng.normal(size=(2, 8)), {}),
+        "s5": (rng.normal(size=(1, 8)), {"skin": "light", "age": "young"}),
+    }
+    gallery.create_collection("people", threshold=0.42)
+    for subject, (vectors, groups) in planted.items():
+        gallery.enroll("people", subject, vectors, model_id="test-model/v1", groups=groups or None)
+    return planted
+
+
+def test_from_collection_has_one_row_per_face_with_subject_and_groups(tmp_path, rng) -> None:
+    with Gallery.open(GalleryConfig(data_dir=tmp_path), background=False) as gallery:
+        planted = _planted_collection(gallery, rng)
+        gallery.delete_face("people", int(gallery.get_subject("people", "s2").face_ids[0]))
+        reports: list[float] = []
+        ds = Dataset.from_collection(gallery, "people", page_size=2, progress=lambda f, m: reports.append(f))
+        expected_ids = [str(f) for s in planted for f in gallery.get_subject("people", s).face_ids]
+    assert ds.ids.tolist() == expected_ids and len(ds) == 8
+    assert ds.identities.tolist() == ["s1", "s1", "s2", "s2", "s3", "s4", "s4", "s5"]
+    assert set(ds.groups) == {"skin", "age"}
+    assert ds.groups["skin"].tolist() == ["dark", "dark", "light", "light", "dark", "", "", "light"]
+    assert ds.groups["age"].tolist() == ["young", "young", "old", "old", "", "", "", "young"]
+    assert ds.model_id == "test-model/v1" and ds.skipped == {}
+    kept = [planted["s1"][0], planted["s2"][0][1:]] + [planted[s][0] for s in ("s3", "s4", "s5")]
+    vectors = np.concatenate(kept)
+    np.testing.assert_allclose(ds.vectors, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), atol=1e-6)
+    assert len(reports) == 3 and reports[-1] == 1.0  # pages of 2, 2 and 1 subjects
+
+
+def test_from_collection_empty_and_unknown(tmp_path) -> None:
+    with Gallery.open(GalleryConfig(data_dir=tmp_path), background=False) as gallery:
+        gallery.create_collection("empty")
+        with pytest.raises(InvalidDataset, match="'empty' has no enrolled faces"):
+            Dataset.from_collection(gallery, "empty")
+        gallery.enroll("empty", "gone", np.ones((1, 4)), model_id="m")
+        gallery.delete_subject("empty", "gone")
+        with pytest.raises(InvalidDataset, match="no enrolled faces"):
+            Dataset.from_collection(gallery, "empty")
+        with pytest.raises(CollectionNotFound):
+            Dataset.from_collection(gallery, "nowhere")
 
 
 def test_dataset_validation_and_subset(rng) -> None:
     ds = Dataset(ids=np.array(["a", "b", "c"]), vectors=rng.normal(size=(3, 2)), groups={"g": np.array(["x", "y", "x"])})
     sub = ds.subset([2, 0])
     assert sub.ids.tolist() == ["c", "a"] and sub.groups["g"].tolist() == ["x", "x"]
+    # Rows already unit length are taken as they are (a collection's N×D array is not copied again).
+    assert np.shares_memory(Dataset(ids=ds.ids, vectors=ds.vectors).vectors, ds.vectors)
+    np.testing.assert_allclose(np.linalg.norm(ds.vectors, axis=1), 1.0, rtol=1e-6)
     with pytest.raises(InvalidDataset):
         Dataset(ids=np.array(["a", "a"]), vectors=np.ones((2, 2)))
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from embeddings.errors import InvalidInput
 
-__all__ = ["register", "run"]
+__all__ = ["load_collection", "register", "run"]
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -17,6 +17,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "analyze",
         parents=[common],
         help="find under-represented faces (VAE latent density) and write rebalancing sample weights",
+        description="Analyse an image folder (--images), an embeddings file (--embeddings + --labels) or, "
+        "when neither is given, every enrolled face of --collection (ids = face ids, identities = subject "
+        "ids, groups = the subjects' group attributes). Writes weights.csv, clusters.json and summary.json.",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--images", type=Path, metavar="ROOT", help="image folder ROOT/<identity>/<image>")
@@ -29,6 +32,22 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--clusters", type=int, default=8, help="number of latent clusters (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run)
+
+
+def load_collection(config: Any, collection: str, *, progress: Any = None) -> tuple[Any, float]:
+    """The collection's faces as a Dataset, and its deployed threshold; the gallery is open only meanwhile.
+
+    No maintenance thread and no snapshot at close: reading a collection leaves the data dir as it was.
+    """
+    from embeddings.dataset import Dataset
+    from embeddings.gallery import Gallery
+
+    gallery = Gallery.open(config.gallery, background=False)
+    try:
+        dataset = Dataset.from_collection(gallery, collection, progress=progress)
+        return dataset, gallery.get_collection(collection).threshold
+    finally:
+        gallery.close(snapshot=False)
 
 
 def run(args: argparse.Namespace, config: Any) -> int:
@@ -55,13 +74,7 @@ def run(args: argparse.Namespace, config: Any) -> int:
             cache_dir = Path(config.data_dir) / "cache" / "embeddings"
             dataset = embed_image_folder(args.images, pipeline, cache_dir=cache_dir, labels_csv=args.labels, progress=progress)
         else:
-            # Dataset.from_collection arrives with the gallery; until then a collection cannot be analysed here.
-            from embeddings import dataset as dataset_module
-
-            from_collection = getattr(dataset_module.Dataset, "from_collection", None)
-            if from_collection is None:
-                raise InvalidInput("analyze needs --images ROOT or --embeddings FILE.npy --labels FILE.csv")
-            dataset = from_collection(config, args.collection)
+            dataset, _threshold = load_collection(config, args.collection, progress=progress)
         result = run_analysis(
             dataset,
             method=args.method or DEFAULT_METHOD,

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="fairness audit: FMR/FNMR per demographic group with bootstrap intervals",
         description="Audit a labelled evaluation set (an image folder ROOT/<identity>/<image> or an "
         "embeddings .npy, each with a labels CSV holding 'id', 'identity' and group columns; or the "
-        "--collection's faces). Writes report.json and a self-contained report.html into --out.",
+        "--collection's faces when neither is given: identities = subject ids, groups = the subjects' "
+        "group attributes, a subject without one in group ''). Writes report.json and a self-contained "
+        "report.html into --out.",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--images", type=Path, metavar="ROOT", help="image folder ROOT/<identity>/<image>")
@@ -26,8 +28,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--labels", type=Path, metavar="CSV", help="labels CSV: id, identity, group columns")
     p.add_argument("--group-by", required=True, metavar="COL[,COL]", help="group column(s); several = their intersection")
     op = p.add_mutually_exclusive_group()
-    op.add_argument("--target-fmr", type=float, default=1e-3, help="global threshold from this FMR (default %(default)g)")
-    op.add_argument("--threshold", type=float, help="use this (deployed) threshold instead")
+    op.add_argument(
+        "--target-fmr",
+        type=float,
+        help="global threshold from this FMR (default 1e-3; for a --collection audit see --threshold)",
+    )
+    op.add_argument(
+        "--threshold",
+        type=float,
+        help="use this (deployed) threshold instead; a --collection audit given neither option uses the "
+        "collection's own threshold (what it decides matches with), with target FMR 1e-3 for the per-group "
+        "thresholds",
+    )
     p.add_argument("--analysis-dir", type=Path, help="output folder of `latentface analyze` on the training set")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
@@ -35,29 +47,34 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(handler=run)
 
 
+_DEFAULT_TARGET_FMR = 1e-3
+
+
 def _load(args, config, progress):
+    """The dataset, and the threshold to audit at (None: set from the target FMR)."""
     from embeddings import dataset as ds
 
     if args.embeddings is not None:
         if args.labels is None:
             raise InvalidInput("--embeddings needs --labels CSV (with an 'identity' column)")
-        return ds.load_embeddings(args.embeddings, args.labels)
+        return ds.load_embeddings(args.embeddings, args.labels), args.threshold
     if args.images is not None:
         from service.runtime import build_pipeline
 
-        return ds.embed_image_folder(
+        dataset = ds.embed_image_folder(
             args.images,
             build_pipeline(config),
-            cache_dir=Path(config.data_dir) / "embedding-cache",
+            cache_dir=Path(config.data_dir) / "cache" / "embeddings",  # shared with `analyze` and jobs
             labels_csv=args.labels,
             progress=progress,
         )
-    from_collection = getattr(ds.Dataset, "from_collection", None)
-    if from_collection is None:
-        raise InvalidInput("auditing a collection is not available yet; pass --images or --embeddings")
-    from service.runtime import build_engine
+        return dataset, args.threshold
+    from service.commands.analyze import load_collection
 
-    return from_collection(build_engine(config).gallery, args.collection)
+    dataset, deployed = load_collection(config, args.collection, progress=progress)
+    if args.threshold is None and args.target_fmr is None:
+        return dataset, deployed
+    return dataset, args.threshold
 
 
 def run(args, config) -> int:
@@ -73,12 +90,12 @@ def run(args, config) -> int:
         bar.refresh()
 
     try:
-        dataset = _load(args, config, progress)
+        dataset, threshold = _load(args, config, progress)
         result = run_audit(
             dataset,
             group_by=[c.strip() for c in args.group_by.split(",") if c.strip()],
-            target_fmr=args.target_fmr,
-            threshold=args.threshold,
+            target_fmr=_DEFAULT_TARGET_FMR if args.target_fmr is None else args.target_fmr,
+            threshold=threshold,
             analysis_dir=args.analysis_dir,
             seed=args.seed,
             progress=progress,

@@ -8,6 +8,8 @@ Rights (see :mod:`service.auth`): a job over a collection needs an admin key for
 collection to start or cancel, and any key for that collection to read its status and
 reports. A job over server files (an embeddings file or an image folder) reads the server's
 file system, so it needs an admin key for all collections, for every operation.
+
+An audit of a collection given no operating point runs at the collection's own threshold.
 """
 
 from __future__ import annotations
@@ -123,10 +125,9 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
                 progress=progress,
                 should_stop=should_stop,
             )
-        from_collection = getattr(ds.Dataset, "from_collection", None)
-        if from_collection is None:
-            raise InvalidInput("collection datasets are not available in this build")
-        return from_collection(self._engine.gallery, source["collection"])
+        return ds.Dataset.from_collection(
+            self._engine.gallery, source["collection"], progress=progress, should_stop=should_stop
+        )
 
     def _scope_of(self, info: JobInfo) -> str | None:
         return info.params.get("dataset", {}).get("collection")
@@ -182,6 +183,9 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         point = request.WhichOneof("operating_point")
         target_fmr = request.target_fmr if point == "target_fmr" else 1e-3
         threshold = request.threshold if point == "threshold" else None
+        if point is None and "collection" in source:
+            # A collection decides matches at its own threshold: audit what is deployed (as the CLI does).
+            threshold = self._engine.gallery.get_collection(source["collection"]).threshold
         if not 0 < target_fmr < 1:
             raise InvalidInput("target_fmr must be in (0, 1)")
         if threshold is not None and not -1 <= threshold <= 1:
