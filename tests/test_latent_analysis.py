@@ -62,8 +62,13 @@ def test_strongest_setting_balances_a_95_5_split(offset5) -> None:
     w = clip_weights(KNNDensity(alpha=0.0).fit(result.latent).sample_weights(), max_ratio=None)
     draws = np.random.default_rng(0).choice(N, size=20 * N, p=w)
     share = y[draws].mean()
-    # Known gap: the issue asks <= 1.5. Here it is 2.2 for VAE seed 0 and 1.2 for seed 1: the majority's
-    # 19x more samples reach further into its tails, so 1/density credits it with more latent volume.
+    # Known gap: the issue asks <= 1.5; this case gives 2.2 (VAE seeds 1, 2: 1.2; data seed 1: 1.7-2.0).
+    # 1/density samples uniformly over *latent volume*, and the VAE gives the rare group less of it:
+    # the minority's latent covariance log-det is 4-7 nats below the majority's (about 1-2 in the
+    # generating factor space, where k=190 already gives 1.03-1.15). Tail reach adds to it: the
+    # top 10% of majority rows carry about half of the majority's weight. No density-only variant
+    # tried (k, dims, exponent, neighbourhood pooling, sigma units, a reweighted VAE refit) was
+    # <= 1.5 for every seed, so the fix belongs in how the latent space is learned, not in this bound.
     assert max(share, 1 - share) / min(share, 1 - share) <= 2.5
 
 
