@@ -22,3 +22,19 @@ def astronaut() -> np.ndarray:
     from skimage import data
 
     return np.ascontiguousarray(data.astronaut())
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch-heavy tests single-threaded, restoring the setting after.
+
+    On a shared 2-core box, OpenMP threads spin-waiting for a descheduled sibling made these tests
+    several times slower with 2 threads than with 1 (measured under load); results do not change.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,6 +17,8 @@ from embeddings.gallery import Gallery
 from embeddings.pipeline import FacePipeline
 from embeddings.synthetic.groups import make_group_embeddings
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _write(tmp_path, array, csv_text):
     np.save(tmp_path / "e.npy", array)
@@ -77,16 +79,7 @@ class CountingPipeline(FacePipeline):
 
 
 @pytest.fixture(scope="module")
-def _one_torch_thread():
-    # Same reason as in test_pipeline.py: OpenMP spin-waits made MTCNN much slower on a loaded box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def encoder(_one_torch_thread) -> FaceEncoder:
+def encoder(one_torch_thread) -> FaceEncoder:
     return FaceEncoder(EncoderConfig(weights="random", seed=0))
 
 

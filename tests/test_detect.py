@@ -18,18 +18,10 @@ from embeddings.errors import InvalidImage, InvalidInput
 from embeddings.image import decode_image
 from embeddings.types import DetectedFace, Quality
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # Where the astronaut's face is (checked by test_astronaut_one_face_in_place).
 ASTRO_BOX = np.array([181.0, 62.0, 268.0, 172.0])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # MTCNN is many small ops: on a shared, oversubscribed CI box two intra-op threads spin
-    # against each other and run 3-4x slower than one. Results do not depend on it.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from embeddings.config import PRETRAINED, EncoderConfig
 from embeddings.encode import FaceEncoder, _random_state_dict, resolve_device, resolve_precision
 from embeddings.errors import InvalidInput, WeightsUnavailable
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DATA = Path(__file__).parent / "data"
 
 # Golden embeddings were made by the fp32 path on an x86-64 CPU. Other CPUs / oneDNN versions
@@ -20,19 +22,6 @@ DATA = Path(__file__).parent / "data"
 # flags real changes without flaking. The bf16 path is checked by cosine, as its rounding is coarse.
 GOLDEN_ATOL = 1e-4
 FAST_MIN_COSINE = 0.999
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Run these tests single-threaded, restoring the setting after.
-
-    On a shared CI box, OpenMP threads spin-waiting for a descheduled sibling made these tests
-    ~7x slower with 2 threads than with 1 (measured under load); the results do not change.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _golden() -> tuple[np.ndarray, np.ndarray]:

@@ -14,17 +14,7 @@ from embeddings.errors import InvalidInput
 from embeddings.synthetic.groups import make_group_embeddings
 from service.commands import analyze
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One torch thread while these run: on a loaded 2-core box OpenMP spin-waits made the tiny VAE
-    fits several times slower (measured under load: 16 s vs 2.6 s for one 120-row fit)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _parser() -> argparse.ArgumentParser:

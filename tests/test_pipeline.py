@@ -17,21 +17,10 @@ from embeddings.errors import InvalidInput, NoFaceFound, QualityRejected
 from embeddings.pipeline import FacePipeline, best_face
 from embeddings.types import QualityReason
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # Same crop encoded alone vs in a bigger batch: bf16 kernels may block the batch differently.
 BATCH_ATOL = 2e-3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Run these tests single-threaded, restoring the setting after.
-
-    On a shared CI box, OpenMP threads spin-waiting for a descheduled sibling made these tests
-    ~7x slower with 2 threads than with 1 (measured under load); the results do not change.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

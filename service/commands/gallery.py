@@ -176,43 +176,28 @@ def run_enroll(args, config) -> int:
     groups, metadata = _groups(args.group), _metadata(args.metadata)
     items = _folder_items(args.folder) if args.folder else [(args.subject, list(args.images))]
     if args.server:
-        return _enroll_remote(args, items, groups, metadata)
-    from tqdm import tqdm
-
-    from embeddings.errors import InvalidInput as _Invalid
-
+        with _client(args) as client:
+            return _enroll_all(client.enroll, items, args, groups=groups, metadata=metadata)
     engine = _engine(config)
     try:
         _ensure_collection(engine, args.collection)
-        enrolled, rejected = [], []
-        for subject, paths in tqdm(items, desc="enroll", unit="subject", disable=len(items) < 2, file=sys.stderr):
-            try:
-                result = engine.enroll(
-                    args.collection,
-                    subject,
-                    [_read(p) for p in paths],
-                    display_name=args.name,
-                    metadata=metadata,
-                    groups=groups or None,
-                    request_id=args.request_id if len(items) == 1 else None,
-                )
-            except _Invalid as exc:
-                if len(items) == 1:
-                    raise
-                rejected.append({"subject_id": subject, "error": str(exc), "reasons": list(getattr(exc, "reasons", ()))})
-                continue
-            enrolled.append({"subject_id": result.subject_id, "face_ids": [str(f) for f in result.face_ids]})
-        emit({"collection": args.collection, "enrolled": enrolled, "rejected": rejected})
-        return 0 if not rejected else 2
+        return _enroll_all(engine.enroll, items, args, groups=groups, metadata=metadata)
     finally:
         engine.gallery.close()
 
 
-def _enroll_remote(args, items, groups, metadata) -> int:
-    with _client(args) as client:
-        enrolled = []
-        for subject, paths in items:
-            result = client.enroll(
+def _enroll_all(enroll, items, args, *, groups, metadata) -> int:
+    """Enroll each subject with ``enroll`` (the engine's or the client's: same signature).
+
+    One subject: its error is the command's error. A folder: a subject whose images are refused is
+    reported with its reasons and the others go on; the exit code is then 2.
+    """
+    from tqdm import tqdm
+
+    enrolled, rejected = [], []
+    for subject, paths in tqdm(items, desc="enroll", unit="subject", disable=len(items) < 2, file=sys.stderr):
+        try:
+            result = enroll(
                 args.collection,
                 subject,
                 [_read(p) for p in paths],
@@ -221,9 +206,14 @@ def _enroll_remote(args, items, groups, metadata) -> int:
                 groups=groups or None,
                 request_id=args.request_id if len(items) == 1 else None,
             )
-            enrolled.append({"subject_id": result.subject_id, "face_ids": [str(f) for f in result.face_ids]})
-    emit({"collection": args.collection, "enrolled": enrolled, "rejected": []})
-    return 0
+        except InvalidInput as exc:
+            if len(items) == 1:
+                raise
+            rejected.append({"subject_id": subject, "error": str(exc), "reasons": list(getattr(exc, "reasons", ()))})
+            continue
+        enrolled.append({"subject_id": result.subject_id, "face_ids": [str(f) for f in result.face_ids]})
+    emit({"collection": args.collection, "enrolled": enrolled, "rejected": rejected})
+    return 0 if not rejected else 2
 
 
 def run_verify(args, config) -> int:
