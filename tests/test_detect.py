@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from embeddings.align import crop_box, crop_faces

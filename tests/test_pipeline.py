@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageFilter
 
 from embeddings.align import crop_faces
