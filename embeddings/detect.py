@@ -11,7 +11,7 @@ in the original pixels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,11 @@ from embeddings.errors import InvalidImage, InvalidInput
 from embeddings.quality import assess_face
 from embeddings.types import DetectedFace
 
-__all__ = ["FaceDetector", "resolve_device"]
+__all__ = ["FaceDetector", "NetworkFn", "RawDetections", "resolve_device"]
+
+# Per image: boxes (K×4), probabilities (K,), landmarks (K×5×2), in the downscaled copy's pixels.
+RawDetections = tuple[np.ndarray, np.ndarray, np.ndarray]
+NetworkFn = Callable[[np.ndarray], Sequence[RawDetections]]
 
 # Images of one downscaled size go through MTCNN together, this many at a time (bounds memory).
 _BATCH_CHUNK = 16
@@ -66,15 +70,23 @@ class FaceDetector:
     def __repr__(self) -> str:
         return f"FaceDetector(config={self.config!r}, device={str(self.device)!r})"
 
-    def detect(self, image: np.ndarray) -> list[DetectedFace]:
-        """Faces in ``image`` (H×W×3 uint8 RGB), most probable first, at most ``config.max_faces``."""
-        return self.detect_batch([image])[0]
+    def detect(self, image: np.ndarray, *, run_network: NetworkFn | None = None) -> list[DetectedFace]:
+        """Faces in ``image`` (H×W×3 uint8 RGB), most probable first, at most ``config.max_faces``.
 
-    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]:
+        ``run_network`` replaces :meth:`run_network` for the MTCNN step alone (downscaling and the
+        quality gate stay on the calling thread); the service routes it through a batcher that
+        stacks same-size images of concurrent calls. It must return what :meth:`run_network` would.
+        """
+        return self.detect_batch([image], run_network=run_network)[0]
+
+    def detect_batch(
+        self, images: Sequence[np.ndarray], *, run_network: NetworkFn | None = None
+    ) -> list[list[DetectedFace]]:
         """``detect`` for many images, batching those whose downscaled sizes are equal."""
+        run = run_network if run_network is not None else self.run_network
         originals = [_check_image(img) for img in images]
         small = [self._downscale(img) for img in originals]
-        raw: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * len(images)
+        raw: list[RawDetections | None] = [None] * len(images)
 
         groups: dict[tuple[int, int], list[int]] = {}
         for i, s in enumerate(small):
@@ -88,7 +100,7 @@ class FaceDetector:
             for start in range(0, len(indices), _BATCH_CHUNK):
                 chunk = indices[start : start + _BATCH_CHUNK]
                 batch = np.stack([small[i] for i in chunk])
-                for i, result in zip(chunk, self._run_mtcnn(batch)):
+                for i, result in zip(chunk, run(batch), strict=True):
                     raw[i] = result
 
         out = []
@@ -106,7 +118,10 @@ class FaceDetector:
         # reducing_gap: box-reduce by an integer factor first, then bilinear: half the time on big photos.
         return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=1.5))
 
-    def _run_mtcnn(self, batch: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def run_network(self, batch: np.ndarray) -> list[RawDetections]:
+        """MTCNN on a stack (N×h×w×3 uint8) of same-size downscaled images: boxes, probabilities and
+        landmarks per image, in the downscaled pixels. Each image's result does not depend on the
+        others in the batch (up to float rounding; see tests/test_detect.py)."""
         with torch.inference_mode():
             boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
         results = []

@@ -4,6 +4,8 @@ It joins the image pipeline (decode → detect → quality → align → encode)
 the matching rules, so adapters only convert requests and responses. Enrollment from images
 embeds and checks EVERY image first and stores nothing if any fails; verification reports the
 quality verdicts without enforcing them. Every decision carries score, threshold and model id.
+Image calls take ``deadline`` (a ``time.monotonic()`` instant, see ``embeddings.pipeline``): work
+stops between stages once it passes, and an enrollment past it stores nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from embeddings import match
 from embeddings.errors import InvalidInput, Unavailable
 from embeddings.gallery import CollectionStats, Gallery
 from embeddings.match import CalibrationResult
+from embeddings.pipeline import check_deadline
 from embeddings.store import CollectionRecord, EnrollResult, SubjectRecord
 from embeddings.types import Candidate, DetectedFace, FaceEmbedding, MatchDecision
 
@@ -29,11 +32,11 @@ class Pipeline(Protocol):
 
     model_id: str
 
-    def detect(self, source: Any) -> tuple[Any, list[DetectedFace]]: ...
+    def detect(self, source: Any, *, deadline: float | None = None) -> tuple[Any, list[DetectedFace]]: ...
 
-    def embed(self, source: Any) -> list[FaceEmbedding]: ...
+    def embed(self, source: Any, *, deadline: float | None = None) -> list[FaceEmbedding]: ...
 
-    def embed_one(self, source: Any, *, require_quality: bool) -> FaceEmbedding: ...
+    def embed_one(self, source: Any, *, require_quality: bool, deadline: float | None = None) -> FaceEmbedding: ...
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,12 @@ class FaceEngine:
         return self._pipeline.model_id if self._pipeline is not None else None
 
     # ------------------------------------------------------------------ images
-    def detect(self, image: Any) -> list[DetectedFace]:
-        _pixels, faces = self.pipeline.detect(image)
+    def detect(self, image: Any, *, deadline: float | None = None) -> list[DetectedFace]:
+        _pixels, faces = self.pipeline.detect(image, deadline=deadline)
         return faces
 
-    def embed(self, image: Any) -> list[FaceEmbedding]:
-        return self.pipeline.embed(image)
+    def embed(self, image: Any, *, deadline: float | None = None) -> list[FaceEmbedding]:
+        return self.pipeline.embed(image, deadline=deadline)
 
     def enroll(
         self,
@@ -95,16 +98,21 @@ class FaceEngine:
         metadata: dict[str, Any] | None = None,
         groups: dict[str, Any] | None = None,
         request_id: str | None = None,
+        deadline: float | None = None,
     ) -> EnrollResult:
         """Enroll the best face of each image.
 
-        NoFaceFound / QualityRejected if any image fails; then nothing is stored.
+        NoFaceFound / QualityRejected if any image fails, DeadlineExceeded once ``deadline`` has
+        passed before the write; then nothing is stored.
         """
         if not images:
             raise InvalidInput("enroll needs at least one image")
         self.gallery.get_collection(collection)  # fail fast before the expensive part
         pipeline = self.pipeline
-        embs = [pipeline.embed_one(img, require_quality=True) for img in images]  # all validated first
+        # All validated first.
+        embs = [pipeline.embed_one(img, require_quality=True, deadline=deadline) for img in images]
+        # Last check before the write: a caller that gave up must not find a half-known enrollment.
+        check_deadline(deadline, "before storing the enrollment")
         return self.gallery.enroll(
             collection,
             subject_id,
@@ -118,27 +126,45 @@ class FaceEngine:
         )
 
     def verify_images(
-        self, a: Any, b: Any, *, collection: str | None = None, threshold: float | None = None
+        self,
+        a: Any,
+        b: Any,
+        *,
+        collection: str | None = None,
+        threshold: float | None = None,
+        deadline: float | None = None,
     ) -> VerifyResult:
         """Same person in both images? Threshold: explicit, else the collection's, else the default."""
-        ea = self.pipeline.embed_one(a, require_quality=False)
-        eb = self.pipeline.embed_one(b, require_quality=False)
+        ea = self.pipeline.embed_one(a, require_quality=False, deadline=deadline)
+        eb = self.pipeline.embed_one(b, require_quality=False, deadline=deadline)
         decision = match.verify(ea, eb, threshold=self._threshold(collection, threshold))
         return VerifyResult(decision, ea.face, eb.face)
 
     def verify_subject(
-        self, image: Any, collection: str, subject_id: str, *, threshold: float | None = None
+        self,
+        image: Any,
+        collection: str,
+        subject_id: str,
+        *,
+        threshold: float | None = None,
+        deadline: float | None = None,
     ) -> VerifyResult:
-        e = self.pipeline.embed_one(image, require_quality=False)
+        e = self.pipeline.embed_one(image, require_quality=False, deadline=deadline)
         decision = match.verify_subject(
             self.gallery, collection, e, e.model_id, subject_id, threshold=threshold
         )
         return VerifyResult(decision, e.face, None)
 
     def identify(
-        self, image: Any, collection: str, *, k: int = 5, threshold: float | None = None
+        self,
+        image: Any,
+        collection: str,
+        *,
+        k: int = 5,
+        threshold: float | None = None,
+        deadline: float | None = None,
     ) -> IdentifyResult:
-        e = self.pipeline.embed_one(image, require_quality=False)
+        e = self.pipeline.embed_one(image, require_quality=False, deadline=deadline)
         found = match.identify(self.gallery, collection, e, e.model_id, k=k, threshold=threshold)
         return IdentifyResult(e.face, found)
 

@@ -1,24 +1,32 @@
 """The image pipeline: decode → detect (+ quality) → align/crop from the original pixels → encode.
 
-One :class:`FacePipeline` serves the gRPC calls (one image at a time, encoding possibly routed
-through the service's dynamic batcher via ``encode_fn``) and the analysis jobs
-(:meth:`FacePipeline.embed_many`: detection batched across images, crops encoded in large batches).
+One :class:`FacePipeline` serves the gRPC calls (one image at a time, the MTCNN step and the
+encoding possibly routed through the service's dynamic batchers via ``network_fn`` and
+``encode_fn``) and the analysis jobs (:meth:`FacePipeline.embed_many`: detection batched across
+images, crops encoded in large batches).
+
+Per-call deadlines: ``detect``, ``embed`` and ``embed_one`` take ``deadline``, a
+``time.monotonic()`` instant (the service turns the gRPC deadline into one). Work stops with
+:class:`~embeddings.errors.DeadlineExceeded` between stages (after decoding, after detection,
+before encoding) once it has passed, and the hooks get it to stop waiting in their queues.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable, Iterable, Sequence, Sized
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from embeddings.align import crop_faces
 from embeddings.config import DecodeLimits
-from embeddings.errors import InvalidInput, NoFaceFound, QualityRejected
+from embeddings.errors import DeadlineExceeded, InvalidInput, NoFaceFound, QualityRejected
 from embeddings.image import ImageSource, decode_image
 from embeddings.types import DetectedFace, FaceEmbedding, QualityReason
 
-__all__ = ["FacePipeline", "best_face"]
+__all__ = ["FacePipeline", "best_face", "check_deadline"]
 
 # embed_many decodes and detects this many images at a time: bounds memory on big datasets
 # while giving the detector and the encoder batches large enough to be efficient.
@@ -26,7 +34,7 @@ _MANY_CHUNK = 32
 
 
 class _Detector(Protocol):
-    def detect(self, image: np.ndarray) -> list[DetectedFace]: ...
+    def detect(self, image: np.ndarray, *, run_network: Any = None) -> list[DetectedFace]: ...
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[DetectedFace]]: ...
 
@@ -42,6 +50,12 @@ class _Encoder(Protocol):
 def _area(face: DetectedFace) -> float:
     x1, y1, x2, y2 = face.box
     return max(0.0, x2 - x1) * max(0.0, y2 - y1)
+
+
+def check_deadline(deadline: float | None, stage: str) -> None:
+    """Raise DeadlineExceeded when the monotonic ``deadline`` has passed (nobody waits for the result)."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceeded(f"deadline passed {stage}")
 
 
 def best_face(faces: Sequence[DetectedFace]) -> DetectedFace:
@@ -66,13 +80,18 @@ class FacePipeline:
         encoder: _Encoder,
         *,
         limits: DecodeLimits = DecodeLimits(),
-        encode_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        encode_fn: Callable[..., np.ndarray] | None = None,
+        network_fn: Callable[..., Sequence[Any]] | None = None,
     ) -> None:
         self.detector = detector
         self.encoder = encoder
         self.limits = limits
-        # The service plugs its dynamic batcher in here; it must behave exactly like encoder.encode.
+        # The service plugs its dynamic batchers in here; they must behave exactly like
+        # encoder.encode and detector.run_network. When a call has a deadline they are also
+        # passed ``deadline=`` (monotonic seconds), so hooks used with deadlines must accept it.
         self._encode = encode_fn if encode_fn is not None else encoder.encode
+        self._encode_is_hook = encode_fn is not None
+        self._network = network_fn
 
     @property
     def model_id(self) -> str:
@@ -86,12 +105,24 @@ class FacePipeline:
         """Decode ``source`` under this pipeline's limits to an H×W×3 uint8 RGB array."""
         return decode_image(source, limits=self.limits)
 
-    def detect(self, source: ImageSource) -> tuple[np.ndarray, list[DetectedFace]]:
+    def detect(
+        self, source: ImageSource, *, deadline: float | None = None
+    ) -> tuple[np.ndarray, list[DetectedFace]]:
         """The decoded image and its faces (original pixel coordinates, most probable first)."""
+        check_deadline(deadline, "before decoding")
         image = self.decode(source)
-        return image, self.detector.detect(image)
+        check_deadline(deadline, "after decoding")
+        if self._network is None:
+            faces = self.detector.detect(image)
+        else:
+            network = self._network if deadline is None else functools.partial(self._network, deadline=deadline)
+            faces = self.detector.detect(image, run_network=network)
+        check_deadline(deadline, "after detection")
+        return image, faces
 
-    def embed(self, source: ImageSource, *, max_faces: int | None = None) -> list[FaceEmbedding]:
+    def embed(
+        self, source: ImageSource, *, max_faces: int | None = None, deadline: float | None = None
+    ) -> list[FaceEmbedding]:
         """Every detected face (at most ``max_faces``, most probable first) with its embedding.
 
         Faces that fail the quality gate are included; their ``face.quality`` says why.
@@ -99,21 +130,23 @@ class FacePipeline:
         """
         if max_faces is not None and max_faces < 1:
             raise InvalidInput(f"max_faces must be >= 1, got {max_faces}")
-        image, faces = self.detect(source)
-        return self._embed_faces([(image, faces[:max_faces])])[0]
+        image, faces = self.detect(source, deadline=deadline)
+        return self._embed_faces([(image, faces[:max_faces])], deadline=deadline)[0]
 
-    def embed_one(self, source: ImageSource, *, require_quality: bool = False) -> FaceEmbedding:
+    def embed_one(
+        self, source: ImageSource, *, require_quality: bool = False, deadline: float | None = None
+    ) -> FaceEmbedding:
         """The embedding of the image's main face (see :func:`best_face`).
 
         Raises NoFaceFound when there is no face, and, when ``require_quality`` is set and the
         main face fails the quality gate, QualityRejected carrying the reason codes.
         """
-        image, faces = self.detect(source)
+        image, faces = self.detect(source, deadline=deadline)
         face = best_face(faces)
         if require_quality and not face.quality.passed:
             reasons = face.quality.reasons
             raise QualityRejected(f"the face failed the quality gate: {', '.join(reasons)}", reasons)
-        return self._embed_faces([(image, [face])])[0][0]
+        return self._embed_faces([(image, [face])], deadline=deadline)[0][0]
 
     def embed_many(
         self,
@@ -144,14 +177,20 @@ class FacePipeline:
             flush()
         return out
 
-    def _embed_faces(self, items: Sequence[tuple[np.ndarray, Sequence[DetectedFace]]]) -> list[list[FaceEmbedding]]:
+    def _embed_faces(
+        self, items: Sequence[tuple[np.ndarray, Sequence[DetectedFace]]], *, deadline: float | None = None
+    ) -> list[list[FaceEmbedding]]:
         """Crop every face of every image, encode all crops in one call, split back per image."""
         size = self.encoder.crop_size
         crops = [crop_faces(image, faces, size=size) for image, faces in items if faces]
         if not crops:
             return [[] for _ in items]
         all_crops = np.concatenate(crops) if len(crops) > 1 else crops[0]
-        vectors = np.asarray(self._encode(all_crops), dtype=np.float32)
+        check_deadline(deadline, "before encoding")
+        if deadline is not None and self._encode_is_hook:
+            vectors = np.asarray(self._encode(all_crops, deadline=deadline), dtype=np.float32)
+        else:
+            vectors = np.asarray(self._encode(all_crops), dtype=np.float32)
         if vectors.shape != (len(all_crops), self.encoder.embedding_dim):
             raise RuntimeError(f"encoder returned {vectors.shape} for {len(all_crops)} crops")
         model_id = self.model_id

@@ -61,6 +61,8 @@ class LatentfaceServer:
     health: health.HealthServicer
     state: ServingState
     batcher: Any = None
+    detect_batcher: Any = None
+    batch_worker: Any = None
     metrics: Any = None
     metrics_port: int | None = None
     jobs: Any = None
@@ -92,7 +94,9 @@ class LatentfaceServer:
         closers: list[tuple[str, Callable[[], None]]] = []
         if self.jobs is not None:
             closers.append(("jobs", self.jobs.close))
-        if self.batcher is not None:
+        if self.batch_worker is not None:
+            closers.append(("batchers", self.batch_worker.close))
+        elif self.batcher is not None:
             closers.append(("batcher", self.batcher.close))
         if self._owns_engine:
             closers.append(("gallery snapshot", self._snapshot))
@@ -111,28 +115,64 @@ class LatentfaceServer:
         return self.grpc_server.wait_for_termination(timeout)
 
     def batch_stats(self) -> Any:
-        """The dynamic batcher's counters (None when the engine was passed in without one)."""
+        """The encoder batcher's counters (None when the engine was passed in without one)."""
         return self.batcher.stats() if self.batcher is not None else None
 
+    def detect_batch_stats(self) -> Any:
+        """The MTCNN batcher's counters (images per batch; None without one)."""
+        return self.detect_batcher.stats() if self.detect_batcher is not None else None
 
-def _build_engine(config: ServiceConfig, metrics: Any) -> tuple[Any, Any]:
-    """Encoder → dynamic batcher → pipeline → engine (raises WeightsUnavailable before anything binds)."""
-    from service.batching import DynamicBatcher
-    from service.runtime import build_encoder, build_engine, build_pipeline
 
+@dataclass(frozen=True)
+class _Batching:
+    worker: Any
+    detect: Any
+    encode: Any
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def _build_engine(config: ServiceConfig, metrics: Any) -> tuple[Any, _Batching]:
+    """Encoder and detector → their dynamic batchers on one worker thread → pipeline → engine.
+
+    Raises WeightsUnavailable before anything binds. Both models run on the one worker thread
+    (see service/batching.py for why); MTCNN batches stack same-size downscaled images of
+    concurrent calls, the encoder batch their face crops.
+    """
+    from embeddings.detect import FaceDetector
+    from embeddings.pipeline import FacePipeline
+    from service.batching import BatchWorker, DynamicBatcher
+    from service.runtime import build_encoder, build_engine
+
+    sc = config.server
     encoder = build_encoder(config)
-    batcher = DynamicBatcher(
-        encoder.encode,
-        max_batch_size=config.server.batch_max_size,
-        max_wait_ms=config.server.batch_max_wait_ms,
-        on_batch=metrics.observe_batch if metrics is not None else None,
-    )
+    detector = FaceDetector(config.detector, config.quality)
+    worker = BatchWorker()
     try:
-        engine = build_engine(config, pipeline=build_pipeline(config, encoder=encoder, encode_fn=batcher.encode))
+        detect_batcher = DynamicBatcher(
+            detector.run_network,
+            max_batch_size=sc.batch_max_size,
+            max_wait_ms=sc.batch_max_wait_ms,
+            worker=worker,
+            name="detect",
+        )
+        batcher = DynamicBatcher(
+            encoder.encode,
+            max_batch_size=sc.batch_max_size,
+            max_wait_ms=sc.batch_max_wait_ms,
+            on_batch=metrics.observe_batch if metrics is not None else None,
+            worker=worker,
+            name="encode",
+        )
+        pipeline = FacePipeline(
+            detector, encoder, limits=config.decode, encode_fn=batcher.encode, network_fn=detect_batcher.encode
+        )
+        engine = build_engine(config, pipeline=pipeline)
     except BaseException:
-        batcher.close()
+        worker.close()
         raise
-    return engine, batcher
+    return engine, _Batching(worker, detect_batcher, batcher)
 
 
 def _analysis_servicer(config: ServiceConfig, engine: Any) -> tuple[Any, Any]:
@@ -167,9 +207,9 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
     config.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
     owns_engine = engine is None
-    batcher = None
+    batching = None
     if engine is None:
-        engine, batcher = _build_engine(config, metrics)
+        engine, batching = _build_engine(config, metrics)
     parts: dict[str, Any] = {}
     try:
         keystore = KeyStore.open(config.data_dir) if sc.auth else None
@@ -188,7 +228,8 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
             ],
         )
         state = ServingState()
-        face_pb2_grpc.add_FaceServiceServicer_to_server(FaceServicer(engine, state=state), server)
+        track = batching.worker.track if batching is not None else None
+        face_pb2_grpc.add_FaceServiceServicer_to_server(FaceServicer(engine, state=state, track=track), server)
         collection_pb2_grpc.add_CollectionServiceServicer_to_server(CollectionServicer(engine), server)
         jobs, analysis = _analysis_servicer(config, engine)
         parts["jobs"] = jobs
@@ -203,7 +244,7 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
         metrics.faces_source(_faces_per_collection(engine))
         metrics_port = metrics.start_http_server(sc.metrics_port, addr=sc.host) if sc.metrics_port is not None else None
     except BaseException:
-        for part in (parts.get("jobs"), batcher, parts.get("keystore")):
+        for part in (parts.get("jobs"), batching, parts.get("keystore")):
             if part is not None:
                 part.close()
         if owns_engine:
@@ -216,7 +257,9 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
         engine=engine,
         health=health_servicer,
         state=state,
-        batcher=batcher,
+        batcher=batching.encode if batching is not None else None,
+        detect_batcher=batching.detect if batching is not None else None,
+        batch_worker=batching.worker if batching is not None else None,
         metrics=metrics,
         metrics_port=metrics_port,
         jobs=jobs,

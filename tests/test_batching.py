@@ -184,3 +184,48 @@ def test_rows_of_different_shapes_are_never_mixed():
         results = run_threads(6, call)
     for out, rows in results:
         np.testing.assert_allclose(out, encode_fn(rows), rtol=1e-5, atol=1e-6)
+
+
+def test_batchers_sharing_a_worker_never_run_at_once_and_return_sequences():
+    # The server's MTCNN batcher returns a list per image and shares the encoder's worker thread,
+    # so torch never runs on two threads at once (see service/batching.py).
+    from service.batching import BatchWorker
+
+    active, overlaps = [0], []
+    lock = threading.Lock()
+
+    def guarded(fn):
+        def run(rows):
+            with lock:
+                active[0] += 1
+                overlaps.append(active[0])
+            time.sleep(0.005)
+            try:
+                return fn(rows)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+        return run
+
+    def describe(rows: np.ndarray) -> list[tuple[float, int]]:
+        return [(float(r.sum()), i) for i, r in enumerate(rows)]
+
+    worker = BatchWorker()
+    lists = DynamicBatcher(guarded(describe), max_batch_size=8, max_wait_ms=10, worker=worker, name="detect")
+    arrays = DynamicBatcher(guarded(encode_fn), max_batch_size=8, max_wait_ms=10, worker=worker)
+    try:
+        results = run_threads(
+            12, lambda i: (lists.encode(crops_for(i, 1 + i % 2)), arrays.encode(crops_for(i, 2)))
+        )
+    finally:
+        worker.close()
+    for i, (described, encoded) in enumerate(results):
+        rows = crops_for(i, 1 + i % 2)
+        assert isinstance(described, list) and [s for s, _ in described] == pytest.approx([float(r.sum()) for r in rows])
+        np.testing.assert_allclose(encoded, encode_fn(crops_for(i, 2)), rtol=1e-5, atol=1e-6)
+    assert max(overlaps) == 1  # one batch at a time across both batchers
+    assert lists.stats().items == sum(1 + i % 2 for i in range(12)) and arrays.stats().items == 24
+    assert lists.stats().max_batch > 1 and arrays.stats().max_batch > 1
+    with pytest.raises(Unavailable):
+        arrays.encode(crops_for(0, 1))

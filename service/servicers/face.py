@@ -1,9 +1,17 @@
-"""FaceService: detection, embedding, enrollment, verification and identification over the engine."""
+"""FaceService: detection, embedding, enrollment, verification and identification over the engine.
+
+Image calls pass the call's deadline down to the engine as a ``time.monotonic()`` instant, so the
+work stops between stages (and leaves the batchers' queues) once the client has stopped waiting,
+and run inside ``track()`` so the batchers know how many image calls are on their way.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpc
@@ -16,7 +24,7 @@ from service.auth import authorize
 from service.servicers._common import ServingState, check_deadline, require
 from service.errors import status_for
 
-__all__ = ["ENROLLED_KEY", "FaceServicer", "MAX_K", "MAX_PAGE_SIZE"]
+__all__ = ["ENROLLED_KEY", "FaceServicer", "MAX_K", "MAX_PAGE_SIZE", "call_deadline"]
 
 log = logging.getLogger("latentface.service")
 
@@ -27,6 +35,16 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 # Per-message failures EnrollStream reports and goes on from; anything else ends the stream.
 _REJECTABLE = (InvalidInput, NotFound, LimitExceeded, AlreadyExists)
+# gRPC reports a call without a deadline as one ~forever away; past this many seconds it is "none".
+_NO_DEADLINE_S = 1e7
+
+
+def call_deadline(context: grpc.ServicerContext) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` instant, or None when the client set none."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > _NO_DEADLINE_S:
+        return None
+    return time.monotonic() + remaining
 
 
 def _optional(request: Any, field: str) -> Any:
@@ -36,23 +54,32 @@ def _optional(request: Any, field: str) -> Any:
 class FaceServicer(face_pb2_grpc.FaceServiceServicer):
     """FaceService over a FaceEngine. Every RPC checks the caller's role on the collection it touches."""
 
-    def __init__(self, engine: Any, *, state: ServingState | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        state: ServingState | None = None,
+        track: Callable[[], AbstractContextManager[Any]] | None = None,
+    ) -> None:
         self._engine = engine
         self._state = state or ServingState()
+        self._track = track or contextlib.nullcontext
 
     # -- faces -------------------------------------------------------------------------------------
     def Detect(self, request: face_pb2.DetectRequest, context: grpc.ServicerContext) -> face_pb2.DetectResponse:
         authorize(None, "read")
-        faces = self._engine.detect(request.image)
+        with self._track():
+            faces = self._engine.detect(request.image, deadline=call_deadline(context))
         return face_pb2.DetectResponse(faces=[convert.face_to_proto(f) for f in faces])
 
     def Embed(self, request: face_pb2.EmbedRequest, context: grpc.ServicerContext) -> face_pb2.EmbedResponse:
         authorize(None, "read")
-        embeddings = self._engine.embed(request.image)
+        with self._track():
+            embeddings = self._engine.embed(request.image, deadline=call_deadline(context))
         return face_pb2.EmbedResponse(faces=[convert.face_embedding_to_proto(e) for e in embeddings])
 
     # -- enrollment --------------------------------------------------------------------------------
-    def _enroll(self, request: face_pb2.EnrollRequest) -> face_pb2.EnrollResponse:
+    def _enroll(self, request: face_pb2.EnrollRequest, deadline: float | None) -> face_pb2.EnrollResponse:
         collection = require(request.collection, "collection")
         subject_id = require(request.subject_id, "subject_id")
         authorize(collection, "write")
@@ -65,7 +92,8 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         if request.images and request.embeddings:
             raise InvalidInput("give images or embeddings, not both")
         if request.images:
-            result = self._engine.enroll(collection, subject_id, list(request.images), **common)
+            with self._track():
+                result = self._engine.enroll(collection, subject_id, list(request.images), deadline=deadline, **common)
         elif request.embeddings:
             pairs = [convert.embedding_from_proto(e) for e in request.embeddings]
             model_ids = {m for _, m in pairs}
@@ -83,7 +111,7 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         )
 
     def Enroll(self, request: face_pb2.EnrollRequest, context: grpc.ServicerContext) -> face_pb2.EnrollResponse:
-        return self._enroll(request)
+        return self._enroll(request, call_deadline(context))
 
     def EnrollStream(
         self, request_iterator: Iterator[face_pb2.EnrollRequest], context: grpc.ServicerContext
@@ -103,7 +131,7 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
                 )
             check_deadline(context, f"after {out.enrolled} enrollments")
             try:
-                result = self._enroll(request)
+                result = self._enroll(request, call_deadline(context))
             except _REJECTABLE as exc:
                 out.rejected.append(
                     face_pb2.EnrollRejection(
@@ -135,7 +163,14 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         if reference == "reference_image":
             if probe != "image":
                 raise InvalidInput("an embedding can be verified against a subject, not against an image")
-            result = engine.verify_images(request.image, request.reference_image, collection=collection, threshold=threshold)
+            with self._track():
+                result = engine.verify_images(
+                    request.image,
+                    request.reference_image,
+                    collection=collection,
+                    threshold=threshold,
+                    deadline=call_deadline(context),
+                )
             return face_pb2.VerifyResponse(
                 decision=convert.decision_to_proto(result.decision),
                 probe_face=convert.face_to_proto(result.face_a),
@@ -143,7 +178,10 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
             )
         collection = require(request.collection, "collection")
         if probe == "image":
-            result = engine.verify_subject(request.image, collection, request.subject_id, threshold=threshold)
+            with self._track():
+                result = engine.verify_subject(
+                    request.image, collection, request.subject_id, threshold=threshold, deadline=call_deadline(context)
+                )
             face = convert.face_to_proto(result.face_a)
         else:
             vector, model_id = convert.embedding_from_proto(request.embedding)
@@ -158,7 +196,8 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         if not 1 <= k <= MAX_K:
             raise InvalidInput(f"k must be in 1..{MAX_K}, got {k}")
         threshold = _optional(request, "threshold")
-        result = self._engine.identify(request.image, collection, k=k, threshold=threshold)
+        with self._track():
+            result = self._engine.identify(request.image, collection, k=k, threshold=threshold, deadline=call_deadline(context))
         # The engine decided is_match against this threshold: the explicit one, else the collection's.
         used = threshold if threshold is not None else self._engine.gallery.get_collection(collection).threshold
         model_id = self._engine.model_id or ""
