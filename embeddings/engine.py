@@ -38,6 +38,8 @@ class Pipeline(Protocol):
 
     def embed_one(self, source: Any, *, require_quality: bool, deadline: float | None = None) -> FaceEmbedding: ...
 
+    def embed_crop(self, source: Any, *, deadline: float | None = None) -> FaceEmbedding: ...
+
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -87,6 +89,10 @@ class FaceEngine:
 
     def embed(self, image: Any, *, deadline: float | None = None) -> list[FaceEmbedding]:
         return self.pipeline.embed(image, deadline=deadline)
+
+    def embed_crop(self, crop: Any, *, deadline: float | None = None) -> FaceEmbedding:
+        """The embedding of one already aligned face crop (no detection, no quality gate; ``face`` None)."""
+        return self.pipeline.embed_crop(crop, deadline=deadline)
 
     def enroll(
         self,

@@ -5,10 +5,14 @@ encoding possibly routed through the service's dynamic batchers via ``network_fn
 ``encode_fn``) and the analysis jobs (:meth:`FacePipeline.embed_many`: detection batched across
 images, crops encoded in large batches).
 
-Per-call deadlines: ``detect``, ``embed`` and ``embed_one`` take ``deadline``, a
+Per-call deadlines: ``detect``, ``embed``, ``embed_one`` and ``embed_crop`` take ``deadline``, a
 ``time.monotonic()`` instant (the service turns the gRPC deadline into one). Work stops with
 :class:`~embeddings.errors.DeadlineExceeded` between stages (after decoding, after detection,
 before encoding) once it has passed, and the hooks get it to stop waiting in their queues.
+
+Aligned crops: :meth:`FacePipeline.embed_crop` takes one face the caller already detected and
+aligned (a 160×160 crop as ``embeddings.align.crop_faces`` cuts it) and only encodes it, through
+the same ``encode_fn`` hook, so the service batches such calls like any others.
 """
 
 from __future__ import annotations
@@ -19,18 +23,23 @@ from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from embeddings.align import crop_faces
 from embeddings.config import DecodeLimits
-from embeddings.errors import DeadlineExceeded, InvalidInput, NoFaceFound, QualityRejected
+from embeddings.errors import DeadlineExceeded, InvalidImage, InvalidInput, NoFaceFound, QualityRejected
 from embeddings.image import ImageSource, decode_image
 from embeddings.types import DetectedFace, FaceEmbedding, QualityReason
 
-__all__ = ["FacePipeline", "best_face", "check_deadline"]
+__all__ = ["MAX_CROP_ASPECT", "MIN_CROP_SIDE", "FacePipeline", "best_face", "check_deadline"]
 
 # embed_many decodes and detects this many images at a time: bounds memory on big datasets
 # while giving the detector and the encoder batches large enough to be efficient.
 _MANY_CHUNK = 32
+# embed_crop refuses crops smaller than this (a side) or longer than this ratio: upscaling a tiny
+# crop 5x or squashing a strip into a square gives a vector, but not one of a face.
+MIN_CROP_SIDE = 32
+MAX_CROP_ASPECT = 2.0
 
 
 class _Detector(Protocol):
@@ -148,6 +157,34 @@ class FacePipeline:
             raise QualityRejected(f"the face failed the quality gate: {', '.join(reasons)}", reasons)
         return self._embed_faces([(image, [face])], deadline=deadline)[0][0]
 
+    def embed_crop(self, source: ImageSource, *, deadline: float | None = None) -> FaceEmbedding:
+        """The embedding of one face the caller already detected, aligned and cropped.
+
+        ``source`` is a crop like ``embeddings.align.crop_faces`` makes (``crop_size`` square);
+        other sizes are resized to it with the same bilinear filter. No detection or quality gate
+        runs, so the result's ``face`` is None. InvalidImage if the crop is not decodable, smaller
+        than ``MIN_CROP_SIDE`` a side, or longer than ``MAX_CROP_ASPECT`` : 1.
+        """
+        check_deadline(deadline, "before decoding")
+        pixels = self.decode(source)
+        h, w = pixels.shape[:2]
+        if min(h, w) < MIN_CROP_SIDE:
+            raise InvalidImage(
+                f"an aligned face crop must be at least {MIN_CROP_SIDE} px a side, got {w}x{h}"
+            )
+        if max(h, w) > MAX_CROP_ASPECT * min(h, w):
+            raise InvalidImage(
+                f"an aligned face crop must be roughly square (at most {MAX_CROP_ASPECT:g}:1), "
+                f"got {w}x{h}"
+            )
+        size = self.encoder.crop_size
+        if (h, w) != (size, size):
+            # crop_faces' filter: a client sending the un-resized region gets what crop_faces makes.
+            pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
+        # A private, writable copy: decoded and PIL-made arrays may be read-only views (torch warns).
+        vectors = self._encode_crops(np.array(pixels[None]), deadline=deadline)
+        return FaceEmbedding(face=None, vector=vectors[0].copy(), model_id=self.model_id)
+
     def embed_many(
         self,
         sources: Iterable[ImageSource],
@@ -186,13 +223,7 @@ class FacePipeline:
         if not crops:
             return [[] for _ in items]
         all_crops = np.concatenate(crops) if len(crops) > 1 else crops[0]
-        check_deadline(deadline, "before encoding")
-        if deadline is not None and self._encode_is_hook:
-            vectors = np.asarray(self._encode(all_crops, deadline=deadline), dtype=np.float32)
-        else:
-            vectors = np.asarray(self._encode(all_crops), dtype=np.float32)
-        if vectors.shape != (len(all_crops), self.encoder.embedding_dim):
-            raise RuntimeError(f"encoder returned {vectors.shape} for {len(all_crops)} crops")
+        vectors = self._encode_crops(all_crops, deadline=deadline)
         model_id = self.model_id
         out: list[list[FaceEmbedding]] = []
         row = 0
@@ -203,3 +234,14 @@ class FacePipeline:
                 row += 1
             out.append(embeddings)
         return out
+
+    def _encode_crops(self, crops: np.ndarray, *, deadline: float | None = None) -> np.ndarray:
+        """N×size×size×3 uint8 crops → N×dim float32 vectors, through the encode hook."""
+        check_deadline(deadline, "before encoding")
+        if deadline is not None and self._encode_is_hook:
+            vectors = np.asarray(self._encode(crops, deadline=deadline), dtype=np.float32)
+        else:
+            vectors = np.asarray(self._encode(crops), dtype=np.float32)
+        if vectors.shape != (len(crops), self.encoder.embedding_dim):
+            raise RuntimeError(f"encoder returned {vectors.shape} for {len(crops)} crops")
+        return vectors

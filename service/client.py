@@ -309,8 +309,13 @@ class Client:
         return [convert.face_from_proto(f) for f in response.faces]
 
     @_translating
-    def embed(self, image: bytes, *, timeout: float | None = None) -> list[FaceEmbedding]:
-        response = self._face.Embed(face_pb2.EmbedRequest(image=image), **self._kw(timeout=timeout))
+    def embed(
+        self, image: bytes, *, aligned_crop: bool = False, timeout: float | None = None
+    ) -> list[FaceEmbedding]:
+        """Every face of ``image`` with its embedding; with ``aligned_crop`` the image is one already
+        aligned 160×160 face crop: one embedding comes back, its ``face`` None (no detection ran)."""
+        request = face_pb2.EmbedRequest(image=image, aligned_crop=aligned_crop)
+        response = self._face.Embed(request, **self._kw(timeout=timeout))
         return [convert.face_embedding_from_proto(f) for f in response.faces]
 
     @staticmethod

@@ -12,7 +12,7 @@ from embeddings.align import crop_faces
 from embeddings.config import EncoderConfig
 from embeddings.detect import FaceDetector
 from embeddings.encode import FaceEncoder
-from embeddings.errors import InvalidInput, NoFaceFound, QualityRejected
+from embeddings.errors import DeadlineExceeded, InvalidImage, InvalidInput, NoFaceFound, QualityRejected
 from embeddings.pipeline import FacePipeline, best_face
 from embeddings.types import QualityReason
 
@@ -133,3 +133,39 @@ def test_embed_many_equals_embed(
             assert g.face.quality.reasons == s.face.quality.reasons
             np.testing.assert_allclose(g.vector, s.vector, atol=BATCH_ATOL)
             assert g.model_id == s.model_id
+
+
+def test_embed_crop_equals_the_detected_face_embedding(
+    pipeline: FacePipeline, encoder: FaceEncoder, astronaut: np.ndarray
+) -> None:
+    calls: list[int] = []
+
+    def counting_encode(crops: np.ndarray) -> np.ndarray:  # the server's batcher hook
+        calls.append(len(crops))
+        return encoder.encode(crops)
+
+    hooked = FacePipeline(pipeline.detector, encoder, encode_fn=counting_encode)
+    full = pipeline.embed_one(astronaut)
+    [crop] = crop_faces(astronaut, [full.face])
+    png = io.BytesIO()
+    Image.fromarray(crop).save(png, format="PNG")
+    got = hooked.embed_crop(png.getvalue())
+    assert calls == [1]  # encoded through the hook, no detection
+    assert got.face is None and got.model_id == full.model_id
+    np.testing.assert_allclose(got.vector, full.vector, atol=1e-6)
+    # Another size is resized to crop_size with PIL's bilinear filter, like crop_faces.
+    big = np.asarray(Image.fromarray(crop).resize((240, 200), Image.Resampling.BICUBIC))
+    reference = np.array(Image.fromarray(big).resize((160, 160), Image.Resampling.BILINEAR))
+    np.testing.assert_allclose(pipeline.embed_crop(big).vector, encoder.encode(reference[None])[0], atol=1e-6)
+
+
+def test_embed_crop_refuses_what_is_not_a_face_crop(pipeline: FacePipeline, astronaut: np.ndarray) -> None:
+    for source, message in [
+        (b"not an image", "unrecognised or unsupported image format"),
+        (np.zeros((20, 20, 3), np.uint8), "at least 32 px a side, got 20x20"),
+        (np.zeros((40, 160, 3), np.uint8), r"roughly square \(at most 2:1\), got 160x40"),
+    ]:
+        with pytest.raises(InvalidImage, match=message):
+            pipeline.embed_crop(source)
+    with pytest.raises(DeadlineExceeded):
+        pipeline.embed_crop(astronaut[:160, :160], deadline=0.0)

@@ -3,6 +3,7 @@ and the real client. One server per module keeps start-up cost down."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from embeddings import errors
+from embeddings.align import crop_faces
+from embeddings.image import decode_image
 from service.client import Client
 from service.config import load_config
 from service.server import SERVICE_NAMES, create_server
@@ -332,3 +335,61 @@ def test_concurrent_mixed_calls_equal_sequential_and_batch(server, admin_key, sm
     after = server.batch_stats()
     assert after.items - before.items >= 16 * 50 // 2  # every embed call went through the batcher
     assert after.max_batch > 1  # concurrent crops were encoded together
+
+
+# -- aligned face crops (detection done by the caller) -------------------------------------------------
+@pytest.fixture(scope="module")
+def aligned_crops(photo: bytes, embedded) -> list[bytes]:
+    """Four distinct 160 px crops as an on-device SDK sends them (PNG, so the pixels are exact):
+    the face the server detected in ``photo``, its mirror image, a darker copy and a shifted cut."""
+    pixels = decode_image(photo)
+    [crop] = crop_faces(pixels, [embedded.face])
+    x1, y1, x2, y2 = embedded.face.box
+    shifted = dataclasses.replace(embedded.face, box=(x1 + 8, y1 + 6, x2 + 8, y2 + 6))
+    [moved] = crop_faces(pixels, [shifted])
+    return [_png(c) for c in (crop, np.ascontiguousarray(crop[:, ::-1]), (crop * 0.7).astype(np.uint8), moved)]
+
+
+def test_embed_aligned_crop_skips_detection_and_matches_the_full_embed(client: Client, embedded, aligned_crops) -> None:
+    [got] = client.embed(aligned_crops[0], aligned_crop=True)
+    assert got.face is None  # no detection ran: no box, landmarks or quality verdict
+    assert got.model_id == embedded.model_id
+    assert np.linalg.norm(got.vector) == pytest.approx(1.0, abs=1e-5)
+    assert float(got.vector @ embedded.vector) >= 0.999
+    # The other crops are other inputs: a mix-up in the concurrency test below would show.
+    others = [client.embed(c, aligned_crop=True)[0].vector for c in aligned_crops[1:]]
+    assert all(float(v @ got.vector) < 0.999 for v in others)
+
+
+def test_bad_aligned_crops_are_invalid_argument(client: Client, photo: bytes) -> None:
+    for image, message in [
+        (b"garbage", "unrecognised or unsupported image format"),
+        (_png(np.zeros((20, 20, 3), np.uint8)), "at least 32 px a side"),
+        (_png(np.zeros((40, 160, 3), np.uint8)), "roughly square"),
+    ]:
+        with pytest.raises(errors.InvalidInput, match=message) as info:
+            client.embed(image, aligned_crop=True)
+        assert info.value.status_code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_concurrent_aligned_crops_equal_sequential_and_batch(server, admin_key, aligned_crops) -> None:
+    address = f"127.0.0.1:{server.port}"
+    threads, calls_each = 8, 8
+    with Client(address, admin_key) as c:
+        expected = [c.embed(crop, aligned_crop=True)[0].vector for crop in aligned_crops]
+    before = server.batch_stats()
+
+    def worker(t: int) -> list[tuple[int, np.ndarray]]:
+        with Client(address, admin_key) as c:
+            picks = [(t + i) % len(aligned_crops) for i in range(calls_each)]
+            return [(k, c.embed(aligned_crops[k], aligned_crop=True)[0].vector) for k in picks]
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = [r for rs in pool.map(worker, range(threads)) for r in rs]
+    after = server.batch_stats()
+    assert len(results) == threads * calls_each
+    for k, vector in results:
+        # Same crop alone vs inside a batch: bf16/oneDNN kernels may block a batch differently.
+        np.testing.assert_allclose(vector, expected[k], atol=2e-3)
+    assert after.items - before.items == threads * calls_each  # every call went through the batcher
+    assert after.batches - before.batches < threads * calls_each  # ...and some were encoded together

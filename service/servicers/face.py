@@ -75,7 +75,10 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
     def Embed(self, request: face_pb2.EmbedRequest, context: grpc.ServicerContext) -> face_pb2.EmbedResponse:
         authorize(None, "read")
         with self._track():
-            embeddings = self._engine.embed(request.image, deadline=call_deadline(context))
+            if request.aligned_crop:
+                embeddings = [self._engine.embed_crop(request.image, deadline=call_deadline(context))]
+            else:
+                embeddings = self._engine.embed(request.image, deadline=call_deadline(context))
         return face_pb2.EmbedResponse(faces=[convert.face_embedding_to_proto(e) for e in embeddings])
 
     # -- enrollment --------------------------------------------------------------------------------

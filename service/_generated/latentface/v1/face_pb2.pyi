@@ -20,10 +20,12 @@ class DetectResponse(_message.Message):
     def __init__(self, faces: _Optional[_Iterable[_Union[_common_pb2.Face, _Mapping]]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("image",)
+    __slots__ = ("image", "aligned_crop")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    ALIGNED_CROP_FIELD_NUMBER: _ClassVar[int]
     image: bytes
-    def __init__(self, image: _Optional[bytes] = ...) -> None: ...
+    aligned_crop: bool
+    def __init__(self, image: _Optional[bytes] = ..., aligned_crop: _Optional[bool] = ...) -> None: ...
 
 class FaceWithEmbedding(_message.Message):
     __slots__ = ("face", "embedding")
