@@ -15,9 +15,14 @@ thread team, so RPC threads running MTCNN and the encoder side by side oversubsc
 on one thread, every batch gets all the cores and larger batches get cheaper per row.
 
 Waiting only pays when somebody can join. Callers may be tracked with :meth:`BatchWorker.track`
-(the server tracks every image call); when every tracked call is already queued in some batcher,
-nobody is on the way, so the worker runs at once instead of sitting out ``max_wait_ms`` (a lone
-caller pays no wait at all). Untracked use keeps the plain ``max_wait_ms`` rule.
+(the server tracks every image call); when every tracked call is already queued in some batcher
+and as many are queued as were recently in flight at once (the peak of the last second), nobody is
+on the way, so the worker runs at once instead of sitting out ``max_wait_ms`` (a lone caller pays
+no wait at all). The wait counts from when the worker became free, not from the oldest chunk's
+arrival: otherwise 8 looping clients split into two groups of 4, each queueing while the other
+runs and run the moment the worker is free, and never share the cheaper batch of 8 (measured:
+aligned-crop Embed at 8 clients went from 2.5x to 3.4-3.7x sequential throughput, mean batch
+4.0 -> 7.8). Untracked use keeps the plain ``max_wait_ms`` rule.
 
 A caller that gives up (its ``timeout``/``deadline`` passes) takes its rows out of the queue,
 so no work is done for an answer nobody will read.
@@ -75,6 +80,9 @@ class _Chunk:
         return self.rows.shape[1:], self.rows.dtype
 
 
+PEAK_WINDOW_S = 1.0
+
+
 class BatchWorker:
     """The one thread that runs the batches of its :class:`DynamicBatcher` s, one batch at a time."""
 
@@ -83,6 +91,12 @@ class BatchWorker:
         self._batchers: list[DynamicBatcher] = []
         self._closed = False
         self._in_flight = 0
+        # Recent concurrency: the most calls seen in flight within the last PEAK_WINDOW_S seconds.
+        self._peak = 0
+        self._peak_at = 0.0
+        # When the worker last finished a batch: waits are counted from then, not from the oldest
+        # chunk's arrival, or chunks that queued during a long batch would never wait for anybody.
+        self._free_since = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -91,6 +105,9 @@ class BatchWorker:
         """Count a call as in flight for its whole duration (see the module doc: adaptive waiting)."""
         with self._cv:
             self._in_flight += 1
+            now = time.monotonic()
+            if self._in_flight >= self._peak or now - self._peak_at > PEAK_WINDOW_S:
+                self._peak, self._peak_at = self._in_flight, now
         try:
             yield
         finally:
@@ -129,11 +146,16 @@ class BatchWorker:
                     self._cv.wait()
                     continue
                 now = time.monotonic()
-                nobody_coming = self._in_flight > 0 and self._in_flight <= sum(b._queued_callers() for b in live)
+                queued = sum(b._queued_callers() for b in live)
+                peak = self._peak if now - self._peak_at <= PEAK_WINDOW_S else self._in_flight
+                # Nobody can join: every tracked call is queued and as many calls are queued as were
+                # recently in flight at once (callers that just got their answer usually come back
+                # within a few ms, and one batch of 8 is cheaper per row than two of 4).
+                nobody_coming = 0 < self._in_flight <= queued and queued >= peak
                 ready, wake = [], None
                 for b in live:
                     first = b._pending[0]
-                    due = first.arrived + b.max_wait_s
+                    due = max(first.arrived, self._free_since) + b.max_wait_s
                     if nobody_coming or due <= now or b._fill(first.key) >= b.max_batch_size:
                         ready.append((first.arrived, b))
                     else:
@@ -148,6 +170,8 @@ class BatchWorker:
         while (picked := self._next_batch()) is not None:
             batcher, batch = picked
             batcher._execute(batch)
+            with self._cv:
+                self._free_since = time.monotonic()
 
 
 class DynamicBatcher:
