@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from embeddings.errors import Cancelled
+from embeddings.errors import Cancelled, InvalidInput
 from embeddings.latent import (
     DEFAULT_METHOD,
     EmbeddingVAE,
@@ -56,20 +56,39 @@ def test_separable_1pct_minority_gets_10x_mass() -> None:
     assert roc_auc_score(y, result.weights) >= 0.9
 
 
-def test_strongest_setting_balances_a_95_5_split(offset5) -> None:
-    _, y, result = offset5
-    # Strongest setting: alpha = 0 (uniform over the latent space), no clipping.
-    w = clip_weights(KNNDensity(alpha=0.0).fit(result.latent).sample_weights(), max_ratio=None)
-    draws = np.random.default_rng(0).choice(N, size=20 * N, p=w)
+@pytest.mark.parametrize("data_seed", [0, 2])
+def test_strongest_setting_balances_a_95_5_split(data_seed: int) -> None:
+    ds = make_group_embeddings(n=N, shares={"majority": 0.95, "minority": 0.05}, seed=data_seed)
+    y = ds.groups["group"] == "minority"
+    # Strongest setting: alpha = 0 (uniform over the latent space), no clipping, k ~ N/16 (density at the
+    # scale of groups) and the log-density averaged over 3 VAE seeds.
+    result = run_analysis(
+        ds, seed=0, alpha=0.0, max_weight_ratio=None, n_vaes=3, estimator_params={"n_neighbors": N // 16}
+    )
+    draws = np.random.default_rng(0).choice(N, size=20 * N, p=result.weights)
     share = y[draws].mean()
-    # Known gap: the issue asks <= 1.5; this case gives 2.2 (VAE seeds 1, 2: 1.2; data seed 1: 1.7-2.0).
-    # 1/density samples uniformly over *latent volume*, and the VAE gives the rare group less of it:
-    # the minority's latent covariance log-det is 4-7 nats below the majority's (about 1-2 in the
-    # generating factor space, where k=190 already gives 1.03-1.15). Tail reach adds to it: the
-    # top 10% of majority rows carry about half of the majority's weight. No density-only variant
-    # tried (k, dims, exponent, neighbourhood pooling, sigma units, a reweighted VAE refit) was
-    # <= 1.5 for every seed, so the fix belongs in how the latent space is learned, not in this bound.
+    # Known gap: the issue asks <= 1.5. 1/density samples uniformly over *latent volume*, and how much
+    # of it a VAE gives the rare group varies by VAE seed (the minority is over- as often as under-
+    # weighted) and by data seed. Largest/smallest expected share, VAE seeds 0, 1, 2 (k = N/16):
+    #   1 VAE (k=100 before):  data 0: 2.17 1.23 1.20  data 1: 1.71 2.01 1.90  data 2: 3.25 2.24 2.26
+    #   1 VAE:                 data 0: 1.86 1.19 1.15  data 1: 1.06 1.22 1.21  data 2: 2.89 1.97 2.06
+    #   3 VAEs (this setting): data 0: 1.45 1.21 1.02  data 1: 1.03 1.33 1.22  data 2: 1.70 1.83 2.05
+    # DB-VAE refits (VAE retrained on the previous weights, 1-2 rounds) were worse on data 0 (1.1-4.7).
     assert max(share, 1 - share) / min(share, 1 - share) <= 2.5
+
+
+def test_vae_ensemble_averages_the_members_log_densities() -> None:
+    ds, _ = _data("offset", 0.05)
+    ds = ds.subset(np.arange(600))
+    kw = {"vae_params": {"epochs": 3}, "alpha": 0.0, "max_weight_ratio": None}
+    members = [run_analysis(ds, seed=s, **kw) for s in (4, 1004)]
+    both = run_analysis(ds, seed=4, n_vaes=2, **kw)
+    np.testing.assert_array_equal(both.latent, members[0].latent)
+    log_density = np.mean([m.estimator._train_log_density() for m in members], axis=0)
+    np.testing.assert_allclose(both.weights, np.exp(-log_density) / np.exp(-log_density).sum(), rtol=1e-9)
+    assert both.params["n_vaes"] == 2
+    with pytest.raises(InvalidInput):
+        run_analysis(ds, n_vaes=0)
 
 
 def test_null_control_random_subset_gets_its_share() -> None:
