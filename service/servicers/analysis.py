@@ -159,21 +159,18 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             raise InvalidInput("latent_dim must be in 1..512")
         params = {"dataset": source, "method": method, "alpha": alpha, "latent_dim": latent_dim, "seed": request.seed}
 
-        def job(progress, should_stop, out_dir: Path) -> dict[str, Path]:
-            load_share = 0.5 if "image_folder" in source else 0.05
-            dataset = self._load_dataset(source, lambda f, m: progress(load_share * f, m), should_stop)
-            result = run_analysis(
+        def analyse(dataset, progress, should_stop):
+            return run_analysis(
                 dataset,
                 method=method,
                 alpha=alpha,
                 latent_dim=latent_dim,
                 seed=request.seed,
-                progress=lambda f, m: progress(load_share + (1 - load_share) * f, m),
+                progress=progress,
                 should_stop=should_stop,
             )
-            return _by_file_name(result.write(out_dir))
 
-        return self._submit("analysis", params, job)
+        return self._submit("analysis", params, self._dataset_job(source, analyse))
 
     def StartAudit(self, request: analysis_pb2.StartAuditRequest, context: grpc.ServicerContext) -> analysis_pb2.Job:
         from embeddings.audit import run_audit
@@ -205,22 +202,30 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             "seed": request.seed,
         }
 
-        def job(progress, should_stop, out_dir: Path) -> dict[str, Path]:
-            load_share = 0.5 if "image_folder" in source else 0.05
-            dataset = self._load_dataset(source, lambda f, m: progress(load_share * f, m), should_stop)
-            result = run_audit(
+        def audit(dataset, progress, should_stop):
+            return run_audit(
                 dataset,
                 group_by=group_by,
                 target_fmr=target_fmr,
                 threshold=threshold,
                 analysis_dir=analysis_dir,
                 seed=request.seed,
-                progress=lambda f, m: progress(load_share + (1 - load_share) * f, m),
+                progress=progress,
                 should_stop=should_stop,
             )
+
+        return self._submit("audit", params, self._dataset_job(source, audit))
+
+    def _dataset_job(self, source: dict[str, Any], run):  # noqa: ANN001
+        """A job fn that loads ``source`` (its share of the progress bar), runs ``run`` and writes its artefacts."""
+        load_share = 0.5 if "image_folder" in source else 0.05
+
+        def job(progress, should_stop, out_dir: Path) -> dict[str, Path]:
+            dataset = self._load_dataset(source, lambda f, m: progress(load_share * f, m), should_stop)
+            result = run(dataset, lambda f, m: progress(load_share + (1 - load_share) * f, m), should_stop)
             return _by_file_name(result.write(out_dir))
 
-        return self._submit("audit", params, job)
+        return job
 
     def _submit(self, kind: str, params: dict[str, Any], job) -> analysis_pb2.Job:  # noqa: ANN001
         principal = current_principal()
