@@ -126,8 +126,11 @@ def run_analysis(
     averaging cancels much of this variance. ``latent``, ``vae``, ``estimator`` and the clusters
     are those of the first member (seed ``seed``). The strongest setting — α = 0,
     ``max_weight_ratio=None``, ``n_vaes=3`` and ``n_neighbors`` ≈ N/16 for ``knn`` — brings a
-    planted 95/5 split to a largest ÷ smallest group share of 1.0–1.5 for most seeds, up to about
-    2 for some (numbers in ``tests/test_latent_analysis.py``).
+    planted 95/5 split to a largest ÷ smallest group share of 1.0–2.05 over the seeds measured
+    (numbers in ``tests/test_latent_analysis.py``); the issue's target of 1.5 is not met. Part of
+    that spread is the members' differing numbers of active dimensions: at α = 0 a kNN weight
+    grows like r_k^d, so a member that stopped early with many active dimensions dominates the
+    average.
     Raises :class:`~embeddings.errors.Cancelled` when ``should_stop()`` turns true.
     """
     report = progress or (lambda _f, _m: None)
