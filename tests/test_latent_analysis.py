@@ -16,7 +16,6 @@ from embeddings.latent import (
     EmbeddingVAE,
     HistogramDensity,
     KNNDensity,
-    clip_weights,
     effective_sample_size,
     run_analysis,
 )

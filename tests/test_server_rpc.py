@@ -7,7 +7,6 @@ import dataclasses
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import numpy as np
