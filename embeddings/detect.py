@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 from embeddings.config import DetectorConfig, QualityConfig
-from embeddings.errors import InvalidImage, InvalidInput
+from embeddings.errors import InvalidImage
 from embeddings.quality import assess_face
 from embeddings.types import DetectedFace
 
-__all__ = ["FaceDetector", "NetworkFn", "RawDetections", "resolve_device"]
+__all__ = ["FaceDetector", "NetworkFn", "RawDetections"]
 
 # Per image: boxes (K×4), probabilities (K,), landmarks (K×5×2), in the downscaled copy's pixels.
 RawDetections = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -30,16 +30,6 @@ NetworkFn = Callable[[np.ndarray], Sequence[RawDetections]]
 
 # Images of one downscaled size go through MTCNN together, this many at a time (bounds memory).
 _BATCH_CHUNK = 16
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise InvalidInput(f"unknown torch device {name!r}") from exc
 
 
 class FaceDetector:
@@ -53,9 +43,11 @@ class FaceDetector:
     ) -> None:
         from facenet_pytorch import MTCNN  # heavy import, only when a detector is built
 
+        from embeddings.encode import resolve_device  # imports facenet-pytorch too: kept lazy alike
+
         self.config = config
         self.quality = quality
-        self.device = resolve_device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         # The P/R/O-net weights ship inside the facenet-pytorch wheel: nothing is downloaded.
         self._mtcnn = MTCNN(
             keep_all=True,
@@ -163,7 +155,7 @@ class FaceDetector:
         return faces
 
 
-def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _empty() -> RawDetections:
     return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
 
 

@@ -35,17 +35,20 @@ _REFERENCE_BATCH = 32
 
 
 def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; explicit devices are checked."""
+    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; explicit devices are checked.
+
+    The one device rule of the domain: the detector resolves its device here too.
+    """
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError) as exc:
-        raise InvalidInput(f"unknown encoder device {device!r}") from exc
+        raise InvalidInput(f"unknown torch device {device!r}") from exc
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise Unavailable(f"encoder device {device!r} requested but CUDA is not available")
+        raise Unavailable(f"device {device!r} requested but CUDA is not available")
     if parsed.type not in ("cpu", "cuda"):
-        raise InvalidInput(f"encoder device must be cpu or cuda, got {device!r}")
+        raise InvalidInput(f"device must be cpu or cuda, got {device!r}")
     return str(parsed)
 
 
@@ -121,12 +124,20 @@ def _calibrate_batchnorm(model: InceptionResnetV1, gen: torch.Generator, n: int 
         model.last_bn.running_var.fill_(features[0].var(dim=0).mean().item())
 
 
+def _blank_model() -> InceptionResnetV1:
+    """An uninitialised InceptionResnetV1 on the CPU, for weights to be loaded or seeded into.
+
+    Built on the meta device: no memory is initialised and the global RNG is never touched.
+    """
+    with torch.device("meta"):
+        model = InceptionResnetV1(classify=False)
+    return model.to_empty(device="cpu")
+
+
 @functools.lru_cache(maxsize=1)
 def _random_state_dict(seed: int) -> dict[str, torch.Tensor]:
     """Seeded random weights, kept for reuse: building them takes seconds and they never change."""
-    with torch.device("meta"):
-        model = InceptionResnetV1(classify=False)
-    model = model.to_empty(device="cpu")
+    model = _blank_model()
     _seeded_init(model, seed)
     return {k: v.detach() for k, v in model.state_dict().items()}
 
@@ -206,10 +217,7 @@ class FaceEncoder:
 
     def _build_plain(self) -> InceptionResnetV1:
         """The unmodified facenet-pytorch module in fp32 and eval mode, weights loaded, on the device."""
-        # Built on the meta device: no memory is initialised and the global RNG is never touched.
-        with torch.device("meta"):
-            model = InceptionResnetV1(classify=False)
-        model = model.to_empty(device="cpu")
+        model = _blank_model()
         if self._weights_path is None:
             model.load_state_dict(_random_state_dict(self.config.seed), strict=True)
         else:

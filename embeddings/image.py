@@ -134,15 +134,11 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return _gray_to_rgb(_deep_gray_to_uint8(img))
-    if mode == "P":
-        if "transparency" in img.info:
-            return _composite_on_white(np.asarray(img.convert("RGBA")))
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
         return _composite_on_white(np.asarray(img.convert("RGBA")))
     if mode in ("L", "1"):
         return _gray_to_rgb(np.asarray(img.convert("L"), dtype=np.uint8))
-    if mode in ("CMYK", "YCbCr", "HSV", "RGBX"):
+    if mode in ("P", "CMYK", "YCbCr", "HSV", "RGBX"):
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
     raise InvalidImage(f"unsupported image mode {mode!r}")
 

@@ -35,9 +35,9 @@ class CalibrationResult:
     n_impostor: int
 
 
-def _vector(x: Any) -> np.ndarray:
+def _vector(x: Any, dim: int | None = None) -> np.ndarray:
     v = x.vector if isinstance(x, FaceEmbedding) else x
-    return normalise_vectors(v)[0]
+    return normalise_vectors(v, dim)[0]
 
 
 def cosine(a: Any, b: Any) -> float:
@@ -63,19 +63,27 @@ def verify(a: Any, b: Any, *, threshold: float, model_id: str | None = None) -> 
     model = ma or mb
     if model is None:
         raise InvalidInput("model_id is required to verify plain vectors")
-    if not -1.0 <= threshold <= 1.0:
-        raise InvalidInput("threshold must be a cosine in [-1, 1]")
+    _check_threshold(threshold)
     score = cosine(a, b)
     return MatchDecision(score=score, threshold=float(threshold), is_match=score >= threshold, model_id=model)
 
 
-def _check_collection_model(gallery: Gallery, collection: str, model_id: str) -> tuple[str | None, float]:
+def _check_threshold(threshold: float) -> None:
+    if not -1.0 <= threshold <= 1.0:
+        raise InvalidInput("threshold must be a cosine in [-1, 1]")
+
+
+def _collection_threshold(gallery: Gallery, collection: str, model_id: str, threshold: float | None) -> float:
+    """The threshold to decide with (``threshold``, else the collection's), once the model is checked."""
     rec = gallery.get_collection(collection)
     if rec.model_id is not None and rec.model_id != model_id:
         raise ModelMismatch(
             f"collection {collection!r} holds embeddings of model {rec.model_id!r}, got {model_id!r}"
         )
-    return rec.model_id, rec.threshold
+    if threshold is None:
+        return rec.threshold
+    _check_threshold(threshold)
+    return float(threshold)
 
 
 def verify_subject(
@@ -89,8 +97,7 @@ def verify_subject(
 ) -> MatchDecision:
     """1:1 decision of an embedding against an enrolled subject: the best cosine over its faces."""
     model_id = _model_of(vector, model_id) or model_id
-    _, coll_threshold = _check_collection_model(gallery, collection, model_id)
-    t = coll_threshold if threshold is None else float(threshold)
+    t = _collection_threshold(gallery, collection, model_id, threshold)
     _, vecs, subj_model = gallery.subject_vectors(collection, subject_id)
     if subj_model is not None and subj_model != model_id:
         raise ModelMismatch(
@@ -99,7 +106,7 @@ def verify_subject(
     if not len(vecs):
         score = -1.0  # a subject whose faces were all deleted matches nothing
     else:
-        q = normalise_vectors(_vector(vector), vecs.shape[1])[0]
+        q = _vector(vector, vecs.shape[1])
         score = float(np.clip(np.max(vecs.astype(np.float64) @ q.astype(np.float64)), -1.0, 1.0))
     return MatchDecision(score=score, threshold=t, is_match=score >= t, model_id=model_id)
 
@@ -118,8 +125,7 @@ def identify(
     if k < 1:
         raise InvalidInput("k must be >= 1")
     model_id = _model_of(vector, model_id) or model_id
-    _, coll_threshold = _check_collection_model(gallery, collection, model_id)
-    t = coll_threshold if threshold is None else float(threshold)
+    t = _collection_threshold(gallery, collection, model_id, threshold)
     q = _vector(vector)
     n_faces = gallery.index_size(collection)
     want = k * _FACES_PER_SUBJECT

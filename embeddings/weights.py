@@ -83,7 +83,8 @@ def resolve_weights(config: EncoderConfig, *, allow_download: bool = False) -> P
     if allow_download and not offline:
         try:
             _download(cfg, path)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, WeightsUnavailable) as exc:
+            # WeightsUnavailable: what came back is not a checkpoint (its message names a temp file).
             raise WeightsUnavailable(_missing_message(cfg, path, f"download failed: {exc}")) from exc
         return path
     why = f"downloads are disabled (${OFFLINE_ENV} is set)" if offline else "downloads are disabled"

@@ -155,6 +155,9 @@ def test_detector_rejects_non_rgb_arrays(detector: FaceDetector) -> None:
 def test_unknown_device_is_invalid_input() -> None:
     with pytest.raises(InvalidInput, match="device"):
         FaceDetector(DetectorConfig(device="warp-drive"))
+    # The encoder's device rule: a real torch device that is neither CPU nor CUDA is refused up front.
+    with pytest.raises(InvalidInput, match="cpu or cuda"):
+        FaceDetector(DetectorConfig(device="meta"))
 
 
 def test_quality_config_is_applied(astronaut: np.ndarray) -> None:

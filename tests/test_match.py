@@ -51,6 +51,8 @@ def test_verify_subject_is_best_face(gallery) -> None:
         verify_subject(g, "c", q, "other", "p003")
     with pytest.raises(SubjectNotFound):
         verify_subject(g, "c", q, "m", "nobody")
+    with pytest.raises(InvalidInput, match="cosine"):  # as verify refuses it
+        verify_subject(g, "c", q, "m", "p003", threshold=1.5)
 
 
 def test_identify_top_subjects_match_brute_force(gallery) -> None:
@@ -70,6 +72,8 @@ def test_identify_top_subjects_match_brute_force(gallery) -> None:
     assert all(c.is_match == (c.score >= 0.5) for c in identify(g, "c", queries[0], "m", k=3))
     with pytest.raises(ModelMismatch):
         identify(g, "c", queries[0], "other")
+    with pytest.raises(InvalidInput, match="cosine"):
+        identify(g, "c", queries[0], "m", threshold=-1.01)
 
 
 def test_identify_dedupes_many_faces_of_one_subject(tmp_path, rng) -> None:

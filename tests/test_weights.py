@@ -70,6 +70,23 @@ def test_download_failure_is_weights_unavailable(clean_env: Path, monkeypatch: p
     assert list((clean_env / "th" / "checkpoints").iterdir()) == []  # no partial file left behind
 
 
+def test_downloaded_non_checkpoint_is_refused(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import urllib.request
+
+    def captive_portal(*args: object, **kwargs: object) -> io.BytesIO:  # the internet boundary
+        return io.BytesIO(b"<html>please log in</html>")
+
+    monkeypatch.delenv("LATENTFACE_OFFLINE")
+    monkeypatch.setattr(urllib.request, "urlopen", captive_portal)
+    cfg = EncoderConfig(weights="vggface2", torch_home=clean_env / "th")
+    with pytest.raises(WeightsUnavailable, match="download failed") as info:
+        resolve_weights(cfg, allow_download=True)
+    # Says which file to put where, not only that a since-deleted temp file was unreadable.
+    assert f"put it at {checkpoint_path(cfg)}" in str(info.value)
+    assert list((clean_env / "th" / "checkpoints").iterdir()) == []
+
+
 def test_existing_checkpoint_is_found(clean_env: Path) -> None:
     cfg = EncoderConfig(weights="casia-webface", torch_home=clean_env / "th")
     path = checkpoint_path(cfg)

@@ -70,13 +70,13 @@ def face_crops(n: int, *, seed: int, size: int = 160) -> np.ndarray | None:
 
 
 def _encoder(options: BenchOptions) -> tuple[FaceEncoder, str]:
+    note = "random by request"
     if options.weights != "random":
         try:
             return FaceEncoder(EncoderConfig(weights=options.weights)), "checkpoint"
         except WeightsUnavailable as exc:
             note = f"{options.weights!r} unavailable, used seeded random weights ({exc})"
-            return FaceEncoder(EncoderConfig(weights="random", seed=options.seed)), note
-    return FaceEncoder(EncoderConfig(weights="random", seed=options.seed)), "random by request"
+    return FaceEncoder(EncoderConfig(weights="random", seed=options.seed)), note
 
 
 def _throughput(fn: Callable[[np.ndarray], np.ndarray], crops: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
