@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from embeddings.errors import LatentfaceError
+from embeddings.errors import InvalidInput, LatentfaceError
 from embeddings.types import DetectedFace, FaceEmbedding, MatchDecision
 from service import convert
 from service._generated.latentface.v1 import (
@@ -36,7 +36,7 @@ from service._generated.latentface.v1 import (
     face_pb2,
     face_pb2_grpc,
 )
-from service.errors import REQUEST_ID_KEY, error_from_status
+from service.errors import ENROLLED_KEY, REQUEST_ID_KEY, error_from_status
 
 __all__ = [
     "CalibrationResult",
@@ -55,7 +55,6 @@ __all__ = [
     "Verification",
 ]
 
-ENROLLED_KEY = "latentface-enrolled"
 T = TypeVar("T")
 
 
@@ -235,7 +234,7 @@ def _dataset(
 ) -> analysis_pb2.DatasetSource:
     given = [x is not None for x in (image_folder, embeddings, collection)]
     if sum(given) != 1:
-        raise ValueError("give exactly one of image_folder, embeddings=(npy_path, labels_csv) or collection")
+        raise InvalidInput("give exactly one of image_folder, embeddings=(npy_path, labels_csv) or collection")
     if image_folder is not None:
         return analysis_pb2.DatasetSource(image_folder=str(image_folder))
     if embeddings is not None:
@@ -569,7 +568,7 @@ class Client:
             seed=seed,
         )
         if target_fmr is not None and threshold is not None:
-            raise ValueError("give target_fmr or threshold, not both")
+            raise InvalidInput("give target_fmr or threshold, not both")
         if target_fmr is not None:
             request.target_fmr = target_fmr
         if threshold is not None:

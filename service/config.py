@@ -102,9 +102,7 @@ _ALIASES = {"weights": "encoder.weights", "device": "encoder.device", "precision
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Turn a string (from env or flags) or TOML value into the field's declared type."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {**vars(typing), "Path": Path})  # noqa: S307 - our own annotations only
+    """Turn a string (from env or flags) or TOML value into the field's declared (resolved) type."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]

@@ -26,8 +26,11 @@ from typing import Any
 import grpc
 
 from embeddings import errors
+from service._rpc_wrap import wrap_handler
+from service.logs import REQUEST_ID_METADATA, request_id_from_metadata, request_id_var
 
 __all__ = [
+    "ENROLLED_KEY",
     "REASONS_KEY",
     "REQUEST_ID_KEY",
     "ErrorInterceptor",
@@ -38,10 +41,10 @@ __all__ = [
 
 log = logging.getLogger("latentface.service")
 
-REQUEST_ID_KEY = "x-request-id"
+REQUEST_ID_KEY = REQUEST_ID_METADATA
 REASONS_KEY = "latentface-reasons"
-
-from service.logs import request_id_from_metadata, request_id_var
+# EnrollStream's trailing metadata: how many messages were committed when the stream ended.
+ENROLLED_KEY = "latentface-enrolled"
 
 # Most specific first: ImageTooLarge is both LimitExceeded and InvalidImage and must be RESOURCE_EXHAUSTED.
 _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
@@ -143,13 +146,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))
-        return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))
+        return wrap_handler(
+            handler,
+            unary=lambda behavior: _wrap_unary(behavior, method),
+            streaming=lambda behavior: _wrap_stream(behavior, method),
+        )
 
 
 # The client's reverse mapping: a status code back to the same branch of the error tree.

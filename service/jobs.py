@@ -134,17 +134,22 @@ class JobManager:
     # --- records -----------------------------------------------------------------------------
     def _write(self, info: JobInfo) -> None:
         artifacts = {name: self._relative(path) for name, path in info.artifacts.items()}
+        self._execute(
+            f"INSERT OR REPLACE INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                info.id, info.kind, info.state, info.progress, info.message, info.error, info.created_at,
+                info.finished_at, json.dumps(artifacts), json.dumps(info.params, default=str), info.started_at,
+            ),
+            f"cannot record job {info.id}",
+        )  # fmt: skip
+
+    def _execute(self, sql: str, params: tuple, what: str) -> list[tuple]:
+        """Run one statement under the lock; sqlite errors become StorageError(``what: ...``)."""
         try:
             with self._db_lock:
-                self._conn.execute(
-                    f"INSERT OR REPLACE INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        info.id, info.kind, info.state, info.progress, info.message, info.error, info.created_at,
-                        info.finished_at, json.dumps(artifacts), json.dumps(info.params, default=str), info.started_at,
-                    ),
-                )  # fmt: skip
+                return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot record job {info.id}: {exc}") from exc
+            raise StorageError(f"{what}: {exc}") from exc
 
     def _relative(self, path: str) -> str:
         # Stored relative to the job directory so a moved data directory keeps working.
@@ -162,14 +167,10 @@ class JobManager:
         )  # fmt: skip
 
     def _read(self, job_id: str) -> JobInfo:
-        try:
-            with self._db_lock:
-                row = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot read job {job_id}: {exc}") from exc
-        if row is None:
+        rows = self._execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,), f"cannot read job {job_id}")
+        if not rows:
             raise JobNotFound(f"no job with id {job_id!r}")
-        return self._row_to_info(row)
+        return self._row_to_info(rows[0])
 
     def _update(self, live: _Live, *, persist: bool = True, **changes: Any) -> JobInfo:
         with self._cv:
@@ -212,8 +213,7 @@ class JobManager:
 
     def list(self, *, limit: int = 100) -> list[JobInfo]:
         """The newest ``limit`` jobs, newest first."""
-        with self._db_lock:
-            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        rows = self._execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,), "cannot list jobs")
         infos = [self._row_to_info(r) for r in rows]
         with self._cv:
             return [self._live[i.id].info if i.id in self._live else i for i in infos]
@@ -288,8 +288,7 @@ class JobManager:
         info = self.get(job_id)
         if not info.terminal:
             raise InvalidInput(f"job {job_id} is {info.state}; cancel it first")
-        with self._db_lock:
-            self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self._execute("DELETE FROM jobs WHERE id = ?", (job_id,), f"cannot delete job {job_id}")
         with self._cv:
             self._live.pop(job_id, None)
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
@@ -332,16 +331,20 @@ class JobManager:
             self._live.pop(info.id, None)
             return info
 
+    def _finish_stopped(self, live: _Live, cancelled_message: str) -> None:
+        """A job that saw its stop flag: FAILED when the manager is closing, else CANCELLED."""
+        if self._closing:
+            self._finish(live, JobState.FAILED, error=SHUTDOWN_ERROR, message="stopped")
+        else:
+            self._finish(live, JobState.CANCELLED, message=cancelled_message)
+
     def _run(self, live: _Live, fn: JobFn) -> None:
         with self._cv:
             if live.info.terminal:
                 return  # cancelled while queued
         out_dir = self.jobs_dir / live.info.id
         if live.stop.is_set():
-            if self._closing:
-                self._finish(live, JobState.FAILED, error=SHUTDOWN_ERROR, message="stopped")
-            else:
-                self._finish(live, JobState.CANCELLED, message="cancelled before it started")
+            self._finish_stopped(live, "cancelled before it started")
             return
         self._update(live, state=JobState.RUNNING, started_at=time.time(), message="running")
 
@@ -360,10 +363,7 @@ class JobManager:
             artifacts = fn(progress, should_stop, out_dir)
             files = {str(k): str(Path(v).resolve()) for k, v in dict(artifacts or {}).items()}
         except Cancelled:
-            if self._closing:
-                self._finish(live, JobState.FAILED, error=SHUTDOWN_ERROR, message="stopped")
-            else:
-                self._finish(live, JobState.CANCELLED, message="cancelled")
+            self._finish_stopped(live, "cancelled")
         except LatentfaceError as exc:
             self._finish(live, JobState.FAILED, error=str(exc) or type(exc).__name__, message="failed")
         except Exception as exc:  # noqa: BLE001 - recorded on the job; details only in the server log

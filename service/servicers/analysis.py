@@ -26,6 +26,7 @@ from embeddings.errors import InvalidInput, JobNotFound, LimitExceeded, Permissi
 from service._generated.latentface.v1 import analysis_pb2, analysis_pb2_grpc
 from service.auth import authorize, current_principal
 from service.jobs import JobInfo, JobManager, JobState
+from service.servicers._common import require
 
 __all__ = ["AnalysisServicer", "job_to_proto"]
 
@@ -133,9 +134,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         return info.params.get("dataset", {}).get("collection")
 
     def _authorize_job(self, job_id: str, role: str) -> JobInfo:
-        if not job_id:
-            raise InvalidInput("job_id is required")
-        info = self._jobs.get(job_id)
+        info = self._jobs.get(require(job_id, "job_id"))
         collection = self._scope_of(info)
         if collection is None:
             _authorize_server_files()

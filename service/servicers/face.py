@@ -21,15 +21,13 @@ from embeddings.errors import AlreadyExists, InvalidInput, LimitExceeded, NotFou
 from service import convert
 from service._generated.latentface.v1 import face_pb2, face_pb2_grpc
 from service.auth import authorize
+from service.errors import ENROLLED_KEY, status_for
 from service.servicers._common import ServingState, check_deadline, require
-from service.errors import status_for
 
 __all__ = ["ENROLLED_KEY", "FaceServicer", "MAX_K", "MAX_PAGE_SIZE", "call_deadline"]
 
 log = logging.getLogger("latentface.service")
 
-# Trailing metadata of EnrollStream: how many messages were committed when the stream ended.
-ENROLLED_KEY = "latentface-enrolled"
 MAX_K = 1000
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
