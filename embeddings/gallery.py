@@ -217,9 +217,7 @@ class Gallery:
                     continue
                 if task == "build":
                     state.index.build()
-                    self._snapshot_one(name, state)
-                else:
-                    self._snapshot_one(name, state)
+                self._snapshot_one(name, state)
             except Exception:  # keep serving; the store is intact and the next open replays
                 log.exception("gallery maintenance task %r failed", item)
             finally:

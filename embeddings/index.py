@@ -159,12 +159,10 @@ class VectorIndex:
             return self._vecs[rows].copy()
 
     def _rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        table = self._ids[: self._n]
-        rows = np.searchsorted(table, ids)
-        rows = np.minimum(rows, max(self._n - 1, 0))
-        ok = (self._n > 0) & (table[rows] == ids) if self._n else np.zeros(ids.shape, bool)
-        ok = ok & self._alive[: self._n][rows] if self._n else ok
-        return rows, ok
+        if not self._n:
+            return np.zeros(ids.shape, np.intp), np.zeros(ids.shape, bool)
+        rows = np.minimum(np.searchsorted(self._ids[: self._n], ids), self._n - 1)
+        return rows, (self._ids[rows] == ids) & self._alive[rows]
 
     # ------------------------------------------------------------------ mutation
     def _own_table(self, extra: int) -> None:
@@ -268,6 +266,7 @@ class VectorIndex:
         self._alive = np.ones(len(self._ids), bool)
         self._n = len(self._ids)
         self._dead = 0
+        self._owned = True  # the copies are ours even when the old table was a snapshot map
 
     # ------------------------------------------------------------------ ANN plumbing
     def _new_ann(self, n: int) -> tuple[faiss.Index, str, bool]:

@@ -92,6 +92,8 @@ CREATE TABLE IF NOT EXISTS enroll_requests (
 """
 
 
+_SELECT_COLLECTION = "SELECT name, threshold, model_id, dim, incarnation, created, settings FROM collections"
+
 _SubjectInfo = tuple[str | None, dict[str, Any] | None, dict[str, Any] | None]  # name, metadata, groups
 
 
@@ -227,20 +229,18 @@ class GalleryStore:
             raise AlreadyExists(f"collection {name!r} already exists") from exc
         return rec
 
-    def get_collection(self, name: str) -> CollectionRecord:
-        rows = self._read(
-            "SELECT name, threshold, model_id, dim, incarnation, created, settings"
-            " FROM collections WHERE name = ?",
-            (name,),
-        )
-        if not rows:
-            raise CollectionNotFound(f"collection {name!r} not found")
-        r = rows[0]
+    @staticmethod
+    def _collection_record(r: tuple) -> CollectionRecord:
         return CollectionRecord(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]))
 
+    def get_collection(self, name: str) -> CollectionRecord:
+        rows = self._read(_SELECT_COLLECTION + " WHERE name = ?", (name,))
+        if not rows:
+            raise CollectionNotFound(f"collection {name!r} not found")
+        return self._collection_record(rows[0])
+
     def list_collections(self) -> list[CollectionRecord]:
-        rows = self._read("SELECT name FROM collections ORDER BY name")
-        return [self.get_collection(r[0]) for r in rows]
+        return [self._collection_record(r) for r in self._read(_SELECT_COLLECTION + " ORDER BY name")]
 
     def delete_collection(self, name: str) -> None:
         with self._tx() as c:
@@ -515,13 +515,16 @@ class GalleryStore:
 
     def subject_vectors(self, collection: str, subject_id: str) -> tuple[np.ndarray, np.ndarray, str | None]:
         """(face ids int64 (n,), vectors float32 (n, D), model id) of one subject."""
-        self.get_subject(collection, subject_id)
+        coll = self.get_collection(collection)
+        if not self._read(
+            "SELECT 1 FROM subjects WHERE collection = ? AND subject_id = ?", (collection, subject_id)
+        ):
+            raise SubjectNotFound(f"subject {subject_id!r} not found in collection {collection!r}")
         rows = self._read(
             "SELECT face_id, embedding, model_id FROM faces WHERE collection = ? AND subject_id = ?"
             " ORDER BY face_id",
             (collection, subject_id),
         )
-        coll = self.get_collection(collection)
         if not rows:
             return np.empty(0, np.int64), np.empty((0, coll.dim or 0), np.float32), coll.model_id
         ids = np.array([r[0] for r in rows], dtype=np.int64)
@@ -578,16 +581,17 @@ class GalleryStore:
 
         Returns (added ids still present, their vectors, removed ids, last seq of the collection).
         """
-        last = self._read("SELECT MAX(seq) FROM changes WHERE collection = ?", (collection,))[0][0]
-        removed = self._read(
-            "SELECT face_id FROM changes WHERE collection = ? AND seq > ? AND op = 'remove'",
-            (collection, seq),
-        )
-        added = self._read(
-            "SELECT f.face_id, f.embedding FROM changes c JOIN faces f ON f.face_id = c.face_id"
-            " WHERE c.collection = ? AND c.seq > ? AND c.op = 'add' ORDER BY f.face_id",
-            (collection, seq),
-        )
+        with self._lock:  # the three reads see one state: no write may land between them
+            last = self._read("SELECT MAX(seq) FROM changes WHERE collection = ?", (collection,))[0][0]
+            removed = self._read(
+                "SELECT face_id FROM changes WHERE collection = ? AND seq > ? AND op = 'remove'",
+                (collection, seq),
+            )
+            added = self._read(
+                "SELECT f.face_id, f.embedding FROM changes c JOIN faces f ON f.face_id = c.face_id"
+                " WHERE c.collection = ? AND c.seq > ? AND c.op = 'add' ORDER BY f.face_id",
+                (collection, seq),
+            )
         ids = np.array([r[0] for r in added], dtype=np.int64)
         vecs = (
             np.frombuffer(b"".join(r[1] for r in added), dtype=np.float32).reshape(len(added), -1)

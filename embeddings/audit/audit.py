@@ -186,13 +186,13 @@ def audit_pairs(
         g_scores = gen[gen_group == g]
         i_scores = imp[(lo == g) & (hi == g)]
         n_g, n_i = int(g_scores.size), int(i_scores.size)
+        n_fnm, n_fm = int(np.sum(g_scores < t)), int(np.sum(i_scores >= t))
         fnmr = fnmr_ci = None
         if n_g < opts.min_genuine_pairs:
             flags.append("too_few_genuine_pairs")
         else:
-            errs = int(np.sum(g_scores < t))
-            fnmr = errs / n_g
-            if errs == 0:
+            fnmr = n_fnm / n_g
+            if n_fnm == 0:
                 flags.append("zero_false_non_matches")
                 fnmr_ci = [0.0, 3.0 / n_g]
             else:
@@ -201,10 +201,9 @@ def audit_pairs(
         if n_i < min_imp:
             flags.append("too_few_impostor_pairs")
         else:
-            errs = int(np.sum(i_scores >= t))
-            fmr = errs / n_i
+            fmr = n_fm / n_i
             t_target = threshold_for_fmr(i_scores, target_fmr)
-            if errs == 0:
+            if n_fm == 0:
                 flags.append("zero_false_matches")
                 fmr_ci = [0.0, 3.0 / n_i]
             else:
@@ -219,9 +218,9 @@ def audit_pairs(
             "n_identities": int(np.sum(pairs.identity_group == g)),
             "n_images": int(pairs.image_counts[pairs.identity_group == g].sum()),
             "n_genuine": n_g,
-            "n_false_non_matches": int(np.sum(g_scores < t)),
+            "n_false_non_matches": n_fnm,
             "n_impostor": n_i,
-            "n_false_matches": int(np.sum(i_scores >= t)),
+            "n_false_matches": n_fm,
             "flags": flags,
         }
         curves[name] = det_curve(g_scores, i_scores, n_points=opts.n_curve_points)

@@ -257,11 +257,6 @@ class KNNDensity(DensityEstimator):
     def _train_log_density(self) -> np.ndarray:
         return self.train_log_density_
 
-    def to_dict(self) -> dict[str, Any]:
-        d = super().to_dict()
-        d["state"].pop("index_", None)
-        return d
-
 
 class GMMDensity(DensityEstimator):
     """Gaussian-mixture density (full covariances), the number of components chosen by BIC.
@@ -318,7 +313,6 @@ class GMMDensity(DensityEstimator):
         self.weights_, self.means_, self.covariances_ = best.weights_, best.means_, best.covariances_
         self.bic_ = best_bic
         self._restore()
-        Z = (X - self.center_) / self.scale_
         self.train_log_density_ = self.mixture_.score_samples(Z) - X.shape[1] * math.log(self.scale_)
         return self
 

@@ -164,12 +164,15 @@ class EmbeddingVAE:
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
         return rec + self.beta * kl
 
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise NotFitted("EmbeddingVAE is not fitted; call fit first")
+
     def transform(self, X: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
         """Posterior means μ (N×latent_dim, float32)."""
         import torch
 
-        if not hasattr(self, "net_"):
-            raise NotFitted("EmbeddingVAE is not fitted; call fit first")
+        self._check_fitted()
         X = _as_2d(X)
         if X.shape[1] != self.mean_.shape[0]:
             raise InvalidInput(f"expected {self.mean_.shape[0]} features, got {X.shape[1]}")
@@ -184,8 +187,7 @@ class EmbeddingVAE:
         """Mean KL(q(z_j|x) ‖ N(0,1)) per latent dimension over ``X``; near 0 marks an unused (collapsed) dimension."""
         import torch
 
-        if not hasattr(self, "net_"):
-            raise NotFitted("EmbeddingVAE is not fitted; call fit first")
+        self._check_fitted()
         with _torch_threads(self.num_threads), torch.no_grad():
             Z = torch.from_numpy(((_as_2d(X) - self.mean_) / self.scale_).astype(np.float32))
             mu, logvar = self.net_.encode(Z)

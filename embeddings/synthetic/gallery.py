@@ -14,9 +14,9 @@ so the output depends only on the arguments (not on memory) and 1M × 512 is bui
 
 from __future__ import annotations
 
-import numpy as np
-
 from collections.abc import Iterator
+
+import numpy as np
 
 from embeddings.errors import InvalidInput
 
@@ -47,6 +47,12 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def _chunk_centres(chunk: int, scales: np.ndarray, rot: np.ndarray, seed: int) -> np.ndarray:
+    """Unit centres of identities ``chunk * _CHUNK ..``: the one stream both generators draw them from."""
+    z = np.random.default_rng([seed, 0, chunk]).standard_normal((_CHUNK, len(scales)), dtype=np.float32)
+    return _normalise((z * scales) @ rot.T)
+
+
 def identity_centres(
     identities: np.ndarray, *, dim: int = 512, spectrum: str = "powerlaw", seed: int = 0
 ) -> np.ndarray:
@@ -59,8 +65,7 @@ def identity_centres(
     scales, rot = _scales(dim, spectrum), _rotation(dim, seed)
     chunk_of = ids // _CHUNK
     for c in np.unique(chunk_of):
-        z = np.random.default_rng([seed, 0, int(c)]).standard_normal((_CHUNK, dim), dtype=np.float32)
-        centres = _normalise((z * scales) @ rot.T)
+        centres = _chunk_centres(int(c), scales, rot, seed)
         sel = chunk_of == c
         out[sel] = centres[ids[sel] - c * _CHUNK]
     return out
@@ -102,8 +107,7 @@ def iter_identity_embeddings(
         stop = min(start + per_chunk, n_faces)
         c = start // per_chunk
         identities = np.arange(start, stop, dtype=np.int64) // faces_per_identity
-        z = np.random.default_rng([seed, 0, c]).standard_normal((_CHUNK, dim), dtype=np.float32)
-        centres = _normalise((z * scales) @ rot.T)
+        centres = _chunk_centres(c, scales, rot, seed)
         noise = np.random.default_rng([seed, 1, c]).standard_normal((stop - start, dim), dtype=np.float32)
         noise *= spread / np.sqrt(dim)
         yield _normalise(centres[identities - c * _CHUNK] + noise).astype(np.float32), identities
