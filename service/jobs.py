@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from embeddings.errors import Cancelled, InvalidInput, JobNotFound, LatentfaceError, StorageError
+from embeddings.errors import Cancelled, InvalidInput, JobNotFound, LatentfaceError, StorageError, Unavailable
 
 __all__ = ["JobFn", "JobInfo", "JobManager", "JobState", "Progress", "ShouldStop"]
 
@@ -190,7 +190,7 @@ class JobManager:
     def submit(self, kind: str, params: Mapping[str, Any], fn: JobFn) -> str:
         """Queue ``fn`` as a job of ``kind`` (``params`` are recorded for the user); returns its id."""
         if self._closing:
-            raise StorageError("the job manager is shutting down")
+            raise Unavailable("the server is shutting down; no new jobs are taken")
         job_id = uuid.uuid4().hex
         info = JobInfo(
             id=job_id, kind=kind, state=JobState.QUEUED, progress=0.0, message="queued", error=None,
@@ -199,8 +199,18 @@ class JobManager:
         self._write(info)
         live = _Live(info)
         with self._cv:
-            self._live[job_id] = live
-        self._pool.submit(self._run, live, fn)
+            # Registered under the lock close() takes, so a closing manager either refuses the job
+            # here or sees it in its list of live jobs and records it FAILED.
+            closing = self._closing
+            if not closing:
+                self._live[job_id] = live
+        try:
+            if closing:
+                raise RuntimeError("closing")
+            self._pool.submit(self._run, live, fn)
+        except RuntimeError as exc:  # close() shut the pool down between the checks and here
+            self._finish(live, JobState.FAILED, error=SHUTDOWN_ERROR)
+            raise Unavailable("the server is shutting down; no new jobs are taken") from exc
         return job_id
 
     def get(self, job_id: str) -> JobInfo:

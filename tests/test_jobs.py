@@ -204,3 +204,13 @@ def test_watch_ends_when_its_stop_callback_says_so(manager):
     assert all(not i.terminal for i in seen)
     gate.set()
     assert manager.wait(job_id, timeout_s=5).state == JobState.DONE
+
+
+def test_submit_after_close_is_unavailable(tmp_path):
+    from embeddings.errors import Unavailable
+    from service.jobs import JobManager
+
+    manager = JobManager.open(tmp_path)
+    manager.close()
+    with pytest.raises(Unavailable, match="shutting down"):
+        manager.submit("analysis", {}, lambda progress, should_stop, out_dir: {})
