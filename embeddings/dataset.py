@@ -306,7 +306,10 @@ def embed_image_folder(
         if should_stop is not None and should_stop():
             raise Cancelled("embedding the image folder was cancelled")
         rel = path.relative_to(root).as_posix()
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InvalidDataset(f"{path}: cannot read the image ({exc.strerror})") from exc
         digest = hashlib.sha256(data).hexdigest()
         cached = cache.get(digest)
         if cached is not None:
@@ -368,7 +371,13 @@ class _EmbeddingCache:
         """``(vector, "")``, ``(None, reason)`` or None when the image was never seen."""
         path = self._path(digest)
         if path.exists():
-            return np.load(path, allow_pickle=False), ""
+            try:
+                vector = np.load(path, allow_pickle=False)
+            except (OSError, ValueError):  # a damaged cache entry is a miss: embed again, overwrite it
+                return None
+            if vector.ndim == 1 and np.isfinite(vector).all():
+                return vector, ""
+            return None
         marker = path.with_suffix(".none")
         if marker.exists():
             return None, marker.read_text().strip() or "no_face"

@@ -128,6 +128,13 @@ def test_embed_image_folder_real_pipeline_caches_and_counts_skipped(tmp_path, fa
     np.testing.assert_array_equal(again.vectors, ds.vectors)
     assert again.skipped == {"no_face": 1} and again.ids.tolist() == ds.ids.tolist()
 
+    # A damaged cache entry is a miss: that one image is embedded again, the result is the same.
+    entry = sorted((tmp_path / "cache").rglob("*.npy"))[0]
+    entry.write_bytes(b"not an npy file")
+    healed = embed_image_folder(root, pipeline, cache_dir=tmp_path / "cache")
+    assert (pipeline.images, pipeline.crops) == (6, 5)
+    np.testing.assert_array_equal(healed.vectors, ds.vectors)
+
     other = CountingPipeline(FaceEncoder(EncoderConfig(weights="random", seed=1)))
     assert other.model_id != pipeline.model_id
     other_ds = embed_image_folder(root, other, cache_dir=tmp_path / "cache")
