@@ -109,6 +109,11 @@ def test_folder_enroll_and_calibrate(photos, tmp_path):
     code, out = run("enroll", "--folder", str(root), "--collection", "staff")
     assert code == 0 and sorted(e["subject_id"] for e in out["enrolled"]) == ["p0", "p1", "p2"]
 
+    code, out = run("calibrate", "--from-collection", "--collection", "staff", "--target-fmr", "0.1")
+    assert code == 0
+    # 3 subjects x 2 faces: 3 genuine pairs, 12 impostor pairs, at most 10% of them at or above the threshold
+    assert (out["n_genuine"], out["n_impostor"]) == (3, 12) and out["fmr"] <= 0.1
+
     scores = tmp_path / "scores.csv"
     genuine = rng.normal(0.7, 0.05, 200)
     impostor = rng.normal(0.1, 0.1, 5000)

@@ -18,6 +18,7 @@ import numpy as np
 from embeddings.errors import CollectionNotFound, InvalidInput
 from service.cli import emit
 
+_MAX_CALIBRATION_PAIRS = 20_000_000
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
@@ -323,25 +324,16 @@ def _scores_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _collection_pairs(gallery, collection: str) -> tuple[np.ndarray, np.ndarray]:
     """All face pairs of the collection: same subject = genuine, different = impostor."""
-    vectors, subjects = [], []
-    token = None
-    while True:
-        page, token = gallery.list_subjects(collection, page_size=500, page_token=token)
-        for subject in page:
-            _ids, vecs, _model = gallery.subject_vectors(collection, subject.subject_id)
-            vectors.append(np.asarray(vecs, dtype=np.float32))
-            subjects.extend([subject.subject_id] * len(vecs))
-        if not token:
-            break
-    if not vectors:
-        raise InvalidInput(f"collection {collection!r} has no enrolled faces to calibrate from")
-    x = np.concatenate(vectors)
-    labels_id = np.asarray(subjects)
-    i, j = np.triu_indices(len(x), k=1)
-    if len(i) > 20_000_000:
+    from embeddings.dataset import Dataset
+
+    dataset = Dataset.from_collection(gallery, collection)  # InvalidDataset when it has no faces
+    n = len(dataset.ids)
+    if n * (n - 1) // 2 > _MAX_CALIBRATION_PAIRS:
         raise InvalidInput("collection too large for all-pairs calibration; export labelled scores and use --scores")
+    i, j = np.triu_indices(n, k=1)
+    x = dataset.vectors
     scores = np.einsum("ij,ij->i", x[i], x[j])
-    return scores.astype(np.float64), labels_id[i] == labels_id[j]
+    return scores.astype(np.float64), dataset.identities[i] == dataset.identities[j]
 
 
 def run_calibrate(args, config) -> int:
