@@ -534,9 +534,14 @@ class Client:
         method: str = "",
         alpha: float | None = None,
         latent_dim: int | None = None,
+        n_vaes: int | None = None,
+        max_weight_ratio: float | None = None,
         seed: int = 0,
     ) -> Job:
-        """Start a latent-density analysis of a dataset on the server (paths are server paths)."""
+        """Start a latent-density analysis of a dataset on the server (paths are server paths).
+
+        ``max_weight_ratio=0`` turns clipping off; with ``alpha=0`` and ``n_vaes=3`` that is the strongest
+        rebalancing."""
         request = analysis_pb2.StartAnalysisRequest(
             dataset=_dataset(image_folder=image_folder, embeddings=embeddings, collection=collection),
             method=method,
@@ -546,6 +551,10 @@ class Client:
             request.alpha = alpha
         if latent_dim is not None:
             request.latent_dim = latent_dim
+        if n_vaes is not None:
+            request.n_vaes = n_vaes
+        if max_weight_ratio is not None:
+            request.max_weight_ratio = max_weight_ratio
         return _job(self._analysis.StartAnalysis(request, **self._kw()))
 
     @_translating

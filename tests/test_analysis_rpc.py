@@ -65,7 +65,7 @@ def embeddings_file(tmp_path_factory):
 
 def test_analysis_then_audit_end_to_end(admin, embeddings_file, server):
     files, ds = embeddings_file
-    job = admin.start_analysis(embeddings=files, method="histogram", latent_dim=4, seed=0)
+    job = admin.start_analysis(embeddings=files, method="histogram", latent_dim=4, n_vaes=2, max_weight_ratio=0, seed=0)
     assert job.kind == "analysis" and job.state in ("QUEUED", "RUNNING")
     seen = list(admin.watch_job(job.id, timeout=240))
     assert seen[-1].state == "DONE", seen[-1].error
@@ -83,7 +83,7 @@ def test_analysis_then_audit_end_to_end(admin, embeddings_file, server):
     rows = list(csv.DictReader(weights.data.decode().splitlines()))
     assert sorted(r["id"] for r in rows) == sorted(ds.ids.tolist())
     summary = json.loads(admin.get_report(job.id, "summary.json").data)
-    assert isinstance(summary, dict) and summary
+    assert summary["params"]["n_vaes"] == 2 and summary["params"]["max_weight_ratio"] is None
 
     audit = admin.start_audit(embeddings=files, group_by=["group"], target_fmr=0.01, analysis_job_id=job.id, seed=1)
     final = admin.get_job(audit.id)
@@ -134,6 +134,11 @@ def test_bad_requests_map_to_statuses(admin, embeddings_file, tmp_path):
         admin.start_analysis(embeddings=files, method="astrology")
     with pytest.raises(errors.InvalidInput, match="latent_dim"):
         admin.start_analysis(embeddings=files, latent_dim=0)
+    for n_vaes in (0, 11):
+        with pytest.raises(errors.InvalidInput, match="n_vaes"):
+            admin.start_analysis(embeddings=files, n_vaes=n_vaes)
+    with pytest.raises(errors.InvalidInput, match="max_weight_ratio"):
+        admin.start_analysis(embeddings=files, max_weight_ratio=0.5)
     with pytest.raises(errors.InvalidInput, match="target_fmr"):
         admin.start_audit(embeddings=files, group_by=["group"], target_fmr=1.5)
     with pytest.raises(errors.NotFound):

@@ -16,6 +16,7 @@ from embeddings.latent import (
     EmbeddingVAE,
     HistogramDensity,
     KNNDensity,
+    MAX_VAES,
     effective_sample_size,
     run_analysis,
 )
@@ -55,27 +56,43 @@ def test_separable_1pct_minority_gets_10x_mass() -> None:
     assert roc_auc_score(y, result.weights) >= 0.9
 
 
-@pytest.mark.parametrize("data_seed", [0, 2])
+@pytest.mark.parametrize("data_seed", [0, 3])
 def test_strongest_setting_balances_a_95_5_split(data_seed: int) -> None:
     ds = make_group_embeddings(n=N, shares={"majority": 0.95, "minority": 0.05}, seed=data_seed)
     y = ds.groups["group"] == "minority"
-    # Strongest setting: alpha = 0 (uniform over the latent space), no clipping, k ~ N/16 (density at the
-    # scale of groups) and the log-density averaged over 3 VAE seeds.
-    result = run_analysis(
-        ds, seed=0, alpha=0.0, max_weight_ratio=None, n_vaes=3, estimator_params={"n_neighbors": N // 16}
-    )
+    # Strongest setting: alpha = 0 (uniform over the volume the data occupies), no clipping, 3 VAEs.
+    result = run_analysis(ds, seed=0, alpha=0.0, max_weight_ratio=None, n_vaes=3)
     draws = np.random.default_rng(0).choice(N, size=20 * N, p=result.weights)
     share = y[draws].mean()
-    # Known gap: the issue asks <= 1.5. 1/density samples uniformly over *latent volume*, and how much
-    # of it a VAE gives the rare group varies by VAE seed (the minority is over- as often as under-
-    # weighted) and by data seed. Largest/smallest expected share, VAE seeds 0, 1, 2 (k = N/16):
-    #   1 VAE (k=100 before):  data 0: 2.17 1.23 1.20  data 1: 1.71 2.01 1.90  data 2: 3.25 2.24 2.26
-    #   1 VAE:                 data 0: 1.86 1.19 1.15  data 1: 1.06 1.22 1.21  data 2: 2.89 1.97 2.06
-    #   3 VAEs (this setting): data 0: 1.45 1.21 1.02  data 1: 1.03 1.33 1.22  data 2: 1.70 1.83 2.05
-    # DB-VAE refits (VAE retrained on the previous weights, 1-2 rounds) were worse on data 0 (1.1-4.7).
-    # A smaller KL weight (beta 0.05-0.5) over-weights the minority 4-60x: at alpha = 0 the kNN weight
-    # grows like r_k^d, so the number of active latent dimensions d acts as a temperature.
-    assert max(share, 1 - share) / min(share, 1 - share) <= 2.5
+    # Largest/smallest expected share for data seeds 0-4 x analysis seeds 0, 1, 2 (* = minority ahead):
+    #   data 0: 1.00* 1.11  1.09    data 1: 1.08* 1.21* 1.10*   data 2: 1.21 1.29 1.06
+    #   data 3: 1.28  1.23  1.36    data 4: 1.02* 1.14* 1.23*
+    # Seed 3 is the hard one for any kNN estimate at alpha = 0: on the true 8 factors it gives 1.34.
+    assert max(share, 1 - share) / min(share, 1 - share) <= 1.5
+
+
+def test_decoded_geometry_undoes_the_vaes_squeeze_of_the_minority() -> None:
+    ds, y = _data("offset", 0.05)
+    shares = {}
+    for geometry in ("latent", "decoded"):
+        w = run_analysis(ds, seed=0, alpha=0.0, max_weight_ratio=None, geometry=geometry).weights
+        shares[geometry] = w[y].sum()
+    # Plain latent distances: the VAE gave the minority too little volume, so alpha = 0 leaves it
+    # about a third of the majority's mass; distances between decoded points restore its share.
+    assert shares["latent"] < 1 / 3.5
+    assert 1 / 1.5 <= shares["decoded"] / (1 - shares["decoded"]) <= 1.5
+    with pytest.raises(InvalidInput):
+        run_analysis(ds, method="gmm", geometry="decoded")
+    with pytest.raises(InvalidInput):
+        run_analysis(ds, geometry="pullback")
+
+
+def test_vae_finds_the_planted_number_of_factors(offset5) -> None:
+    # The synthetic faces vary along 8 factors: a VAE trained long enough keeps 8 latent dimensions
+    # active and lets the other 24 collapse (with 40 epochs of 7 steps it kept 9-32).
+    _, _, result = offset5
+    assert result.params["active_dims"] == 8
+    assert result.params["geometry"] == "decoded"
 
 
 def test_vae_ensemble_averages_the_members_log_densities() -> None:
@@ -90,15 +107,26 @@ def test_vae_ensemble_averages_the_members_log_densities() -> None:
     assert both.params["n_vaes"] == 2
     with pytest.raises(InvalidInput):
         run_analysis(ds, n_vaes=0)
+    with pytest.raises(InvalidInput):
+        run_analysis(ds, n_vaes=MAX_VAES + 1)
 
 
 def test_null_control_random_subset_gets_its_share() -> None:
     ds, _ = _data("none", 0.05)
     result = run_analysis(ds, seed=0)
-    subset = np.zeros(N, bool)
-    subset[np.random.default_rng(7).choice(N, N // 20, replace=False)] = True
-    assert result.weights[subset].sum() == pytest.approx(0.05, abs=0.01)
-    assert roc_auc_score(subset, result.weights) == pytest.approx(0.5, abs=0.03)
+    masses, aurocs = [], []
+    for s in range(50):
+        subset = np.zeros(N, bool)
+        subset[np.random.default_rng(s).choice(N, N // 20, replace=False)] = True
+        masses.append(result.weights[subset].sum())
+        aurocs.append(roc_auc_score(subset, result.weights))
+    assert np.all(np.abs(np.array(masses) - 0.05) <= 0.01)
+    # One random subset's AUROC has a sampling spread of its own, whatever the weights:
+    # sqrt((n1 + n2 + 1) / (12 n1 n2)) = 0.021 for 200 of 4000, so +-0.03 holds for ~85% of subsets
+    # even for ideal weights. The mean over 50 subsets is the criterion, and the spread must be
+    # that sampling spread (no subset systematically favoured).
+    assert np.mean(aurocs) == pytest.approx(0.5, abs=0.01)
+    assert np.std(aurocs) == pytest.approx(0.021, abs=0.006)
 
 
 def test_correlation_only_minority_found_by_knn_missed_by_histogram() -> None:
@@ -165,6 +193,31 @@ def test_vae_is_reproducible_and_respects_thread_count() -> None:
     assert torch.get_num_threads() == before
     b = EmbeddingVAE(latent_dim=8, epochs=3, seed=5, num_threads=1).fit(X).transform(X)
     np.testing.assert_array_equal(a, b)
+
+
+def test_vae_schedule_counts_optimiser_steps() -> None:
+    vae = EmbeddingVAE()  # batches of 512
+    assert vae.schedule(3600) == (188, 13)  # 8 steps an epoch: 1500 steps at most, 100 without progress
+    assert vae.schedule(45_000) == (40, 4)  # 88 steps an epoch: the epoch floors rule
+    assert EmbeddingVAE(epochs=7, patience=2).schedule(3600) == (7, 2)
+    with pytest.raises(InvalidInput):
+        EmbeddingVAE(epochs=0).fit(np.zeros((20, 4), np.float32))
+
+
+def test_vae_posterior_and_decoder_round_trip() -> None:
+    ds, _ = _data("offset", 0.05)
+    X = ds.vectors[:1500]
+    vae = EmbeddingVAE(latent_dim=8, epochs=30, seed=2, num_threads=1).fit(X)
+    mu, log_var = vae.posterior(X)
+    np.testing.assert_array_equal(mu, vae.transform(X))
+    assert mu.shape == log_var.shape == (1500, 8)
+    np.testing.assert_allclose(vae.kl_per_dim(X), 0.5 * (mu**2 + np.exp(log_var) - 1 - log_var).mean(0), rtol=1e-4)
+    # The decoder's image of μ is the input, standardised, up to a residual far below the input's variance.
+    standardised = (X - vae.mean_) / vae.scale_
+    residual = ((vae.decode(mu) - standardised) ** 2).sum(1).mean()
+    assert residual < 0.2 * (standardised**2).sum(1).mean()
+    with pytest.raises(InvalidInput):
+        vae.decode(np.zeros((3, 5), np.float32))
 
 
 def test_progress_and_cancellation() -> None:

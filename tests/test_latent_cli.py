@@ -34,13 +34,15 @@ def test_analyze_embeddings_file_writes_the_three_artefacts(tmp_path, capsys) ->
         w.writerows(zip(ds.ids, ds.identities, ds.groups["group"], strict=True))
     args = _parser().parse_args(
         ["analyze", "--embeddings", str(tmp_path / "e.npy"), "--labels", str(tmp_path / "l.csv"),
-         "--out", str(tmp_path / "out"), "--method", "histogram", "--alpha", "0.01", "--clusters", "4"]
+         "--out", str(tmp_path / "out"), "--method", "histogram", "--alpha", "0.01", "--clusters", "4",
+         "--vaes", "2", "--max-weight-ratio", "0"]
     )
     assert args.handler(args, SimpleNamespace(data_dir=tmp_path)) == 0
     printed = json.loads(capsys.readouterr().out)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert printed["method"] == summary["method"] == "histogram"
     assert summary["params"]["alpha"] == 0.01 and summary["n"] == 800
+    assert summary["params"]["n_vaes"] == 2 and summary["params"]["max_weight_ratio"] is None
     assert len(json.loads((tmp_path / "out" / "clusters.json").read_text())) == 4
     with (tmp_path / "out" / "weights.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -52,6 +54,22 @@ def test_analyze_refuses_embeddings_without_labels(tmp_path) -> None:
     args = _parser().parse_args(["analyze", "--embeddings", "x.npy", "--out", str(tmp_path)])
     with pytest.raises(InvalidInput, match="--labels"):
         args.handler(args, SimpleNamespace(data_dir=tmp_path))
+
+
+def test_analyze_refuses_a_weight_cap_below_one(tmp_path) -> None:
+    ds = make_group_embeddings(n=100, seed=2)
+    np.save(tmp_path / "e.npy", ds.vectors)
+    (tmp_path / "l.csv").write_text("id\n" + "\n".join(ds.ids) + "\n")
+    args = _parser().parse_args(
+        ["analyze", "--embeddings", str(tmp_path / "e.npy"), "--labels", str(tmp_path / "l.csv"),
+         "--out", str(tmp_path / "out"), "--max-weight-ratio", "0.5"]
+    )
+    with pytest.raises(InvalidInput, match="--max-weight-ratio"):
+        args.handler(args, SimpleNamespace(data_dir=tmp_path))
+    args.max_weight_ratio, args.vaes = 50.0, 0
+    with pytest.raises(InvalidInput, match="--vaes"):
+        args.handler(args, SimpleNamespace(data_dir=tmp_path))
+    assert not (tmp_path / "out").exists()
 
 
 def _enroll(config, name: str, ds) -> list[str]:

@@ -39,9 +39,9 @@ def dbvae_reference(mu: np.ndarray, *, bins: int = 10, alpha: float = 0.001) -> 
     return training_sample_p
 
 
-def knn_reference(X: np.ndarray, k: int) -> np.ndarray:
-    """Leave-one-out kNN log-density by brute force."""
-    n, d = X.shape
+def knn_reference(X: np.ndarray, k: int, dim: int | None = None) -> np.ndarray:
+    """Leave-one-out kNN log-density by brute force (exponent ``dim``, default the column count)."""
+    n, d = X.shape[0], dim or X.shape[1]
     dist = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
     np.fill_diagonal(dist, np.inf)
     r = np.sort(dist, axis=1)[:, k - 1]
@@ -87,6 +87,35 @@ def test_knn_log_density_matches_brute_force(rng: np.random.Generator) -> None:
     X = rng.normal(size=(120, 3)).astype(np.float32)
     est = KNNDensity(n_neighbors=7).fit(X)
     np.testing.assert_allclose(est.train_log_density_, knn_reference(X.astype(np.float64), 7), rtol=1e-4, atol=1e-4)
+
+
+def test_knn_scales_average_the_single_scale_log_densities(rng: np.random.Generator) -> None:
+    X = rng.normal(size=(300, 3)).astype(np.float64)
+    multi = KNNDensity(n_neighbors=(5, 0.1, 40)).fit(X)  # 0.1 of 300 reference rows = 30
+    np.testing.assert_array_equal(multi.k_, [5, 30, 40])
+    expected = np.mean([knn_reference(X, k) for k in (5, 30, 40)], axis=0)
+    np.testing.assert_allclose(multi.train_log_density_, expected, rtol=1e-4, atol=1e-4)
+    grid = rng.normal(size=(25, 3)).astype(np.float32)
+    singles = [KNNDensity(n_neighbors=k).fit(X).score_samples(grid) for k in (5, 30, 40)]
+    np.testing.assert_allclose(multi.score_samples(grid), np.mean(singles, axis=0), rtol=1e-6)
+    # Default: 2.5%, 5% and 10% of the reference rows, each capped at M-1.
+    np.testing.assert_array_equal(KNNDensity().fit(X).k_, [8, 15, 30])
+    np.testing.assert_array_equal(KNNDensity(n_neighbors=(0.5, 500)).fit(X[:10]).k_, [5, 9])
+
+
+def test_knn_dim_is_the_exponent(rng: np.random.Generator) -> None:
+    # Points on a 2-d plane inside 6 columns: with dim=2 the density is per unit of the plane's area.
+    plane = rng.normal(size=(400, 2))
+    X = np.concatenate([plane, np.zeros((400, 4))], axis=1) @ np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    est = KNNDensity(n_neighbors=20, dim=2).fit(X)
+    np.testing.assert_allclose(est.train_log_density_, knn_reference(plane, 20), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(KNNDensity(n_neighbors=20).fit(X).train_log_density_, knn_reference(X, 20), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.5, -0.1, (), "ten", True, (10, 0), (0.2, None)])
+def test_knn_rejects_bad_scales(bad, rng: np.random.Generator) -> None:
+    with pytest.raises(InvalidInput):
+        KNNDensity(n_neighbors=bad).fit(rng.normal(size=(50, 2)))
 
 
 def test_knn_with_a_reference_subset_matches_brute_force(rng: np.random.Generator) -> None:
@@ -214,7 +243,7 @@ def test_public_surface_is_pinned() -> None:
     assert sorted(latent.__all__) == sorted(
         [
             "AnalysisResult", "Cluster", "DEFAULT_ALPHA", "DEFAULT_METHOD", "DensityEstimator", "EmbeddingVAE",
-            "GMMDensity", "HistogramDensity", "KNNDensity", "METHODS", "clip_weights", "effective_sample_size",
+            "GMMDensity", "HistogramDensity", "KNNDensity", "MAX_VAES", "METHODS", "clip_weights", "effective_sample_size",
             "find_clusters", "inverse_density_weights", "kmeans_labels", "make_estimator", "relative_density",
             "run_analysis", "weighted_sampler",
         ]

@@ -7,7 +7,7 @@ rebalance the data; clusters of low density name the under-represented regions.
 
 from __future__ import annotations
 
-from embeddings.latent.analysis import DEFAULT_ALPHA, DEFAULT_METHOD, AnalysisResult, run_analysis
+from embeddings.latent.analysis import DEFAULT_ALPHA, DEFAULT_METHOD, MAX_VAES, AnalysisResult, run_analysis
 from embeddings.latent.clusters import Cluster, find_clusters, kmeans_labels
 from embeddings.latent.density import (
     METHODS,
@@ -31,6 +31,7 @@ __all__ = [
     "Cluster",
     "DEFAULT_ALPHA",
     "DEFAULT_METHOD",
+    "MAX_VAES",
     "DensityEstimator",
     "EmbeddingVAE",
     "GMMDensity",

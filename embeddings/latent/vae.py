@@ -11,7 +11,10 @@ import numpy as np
 
 from embeddings.errors import Cancelled, InvalidInput, NotFitted
 
-__all__ = ["EmbeddingVAE"]
+__all__ = ["EmbeddingVAE", "MIN_STEPS", "PATIENCE_STEPS", "mean_kl_per_dim"]
+
+MIN_STEPS = 1500
+PATIENCE_STEPS = 100
 
 Progress = Callable[[float, str], None]
 ShouldStop = Callable[[], bool]
@@ -37,7 +40,12 @@ class EmbeddingVAE:
 
     Loss per sample: squared reconstruction error (a unit-variance Gaussian decoder on standardised
     features) + ``beta`` · KL(q(z|x) ‖ N(0, I)). Early stopping on a held-out ``val_fraction``;
-    the best-validation weights are kept. Everything random comes from ``seed``, so two fits on the
+    the best-validation weights are kept. ``epochs`` (the most) and ``patience`` (epochs without a
+    better validation loss before stopping) default to a budget in optimiser steps: at least
+    :data:`MIN_STEPS` steps may run and :data:`PATIENCE_STEPS` steps without progress stop the fit
+    (but never fewer than 40 and 4 epochs). Small datasets have few steps per epoch; stopped by
+    epochs alone they end before unused latent dimensions have collapsed, and a latent space with
+    spare active dimensions distorts the density estimated on it. Everything random comes from ``seed``, so two fits on the
     same data give the same μ. ``max_train_samples`` caps the rows used to train (μ is still computed
     for all rows), which keeps 100k-row fits fast without changing what is learned much.
     """
@@ -48,11 +56,11 @@ class EmbeddingVAE:
         latent_dim: int = 32,
         hidden_dim: int = 256,
         beta: float = 1.0,
-        epochs: int = 40,
+        epochs: int | None = None,
         batch_size: int = 512,
         lr: float = 2e-3,
         val_fraction: float = 0.1,
-        patience: int = 4,
+        patience: int | None = None,
         max_train_samples: int | None = 50_000,
         seed: int = 0,
         num_threads: int | None = None,
@@ -72,8 +80,10 @@ class EmbeddingVAE:
     def _check_params(self, n: int) -> None:
         if self.latent_dim < 1 or self.hidden_dim < 1:
             raise InvalidInput("latent_dim and hidden_dim must be >= 1")
-        if self.beta < 0 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise InvalidInput("beta >= 0, epochs >= 1, batch_size >= 1 and lr > 0 are required")
+        if self.beta < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise InvalidInput("beta >= 0, batch_size >= 1 and lr > 0 are required")
+        if (self.epochs is not None and self.epochs < 1) or (self.patience is not None and self.patience < 1):
+            raise InvalidInput("epochs and patience must be >= 1 (or None for the step budget)")
         if not 0 < self.val_fraction < 1:
             raise InvalidInput("val_fraction must be in (0, 1)")
         if n < 10:
@@ -114,11 +124,12 @@ class EmbeddingVAE:
             n_val = max(1, int(round(rows.size * self.val_fraction)))
             Z = torch.from_numpy(((X[rows] - self.mean_) / self.scale_).astype(np.float32))
             train, val = Z[n_val:], Z[:n_val]
+            epochs, patience = self.schedule(train.shape[0])
             net = self._build(X.shape[1])
             opt = torch.optim.Adam(net.parameters(), lr=self.lr)
             best, best_state, bad = math.inf, None, 0
             self.history_: list[tuple[float, float]] = []
-            for epoch in range(self.epochs):
+            for epoch in range(epochs):
                 net.train()
                 order = torch.randperm(train.shape[0], generator=gen)
                 total = 0.0
@@ -136,13 +147,13 @@ class EmbeddingVAE:
                     val_loss = float(self._loss(net, val, None).mean())
                 self.history_.append((total / max(1, train.shape[0]), val_loss))
                 if progress is not None:
-                    progress((epoch + 1) / self.epochs, f"VAE epoch {epoch + 1}: validation loss {val_loss:.3f}")
+                    progress((epoch + 1) / epochs, f"VAE epoch {epoch + 1}: validation loss {val_loss:.3f}")
                 if val_loss < best - 1e-4 * abs(best if math.isfinite(best) else 1.0):
                     best, bad = val_loss, 0
                     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 else:
                     bad += 1
-                    if bad >= self.patience:
+                    if bad >= patience:
                         break
             if best_state is not None:
                 net.load_state_dict(best_state)
@@ -150,6 +161,13 @@ class EmbeddingVAE:
         self.n_epochs_ = len(self.history_)
         self.best_val_loss_ = best
         return self
+
+    def schedule(self, n_train: int) -> tuple[int, int]:
+        """(most epochs, patience in epochs) for ``n_train`` training rows: the given values, or the step budget."""
+        steps_per_epoch = max(1, math.ceil(n_train / self.batch_size))
+        epochs = self.epochs or max(40, math.ceil(MIN_STEPS / steps_per_epoch))
+        patience = self.patience or max(4, math.ceil(PATIENCE_STEPS / steps_per_epoch))
+        return epochs, patience
 
     def _loss(self, net: Any, x: Any, gen: Any) -> Any:
         import torch
@@ -168,31 +186,55 @@ class EmbeddingVAE:
         if not hasattr(self, "net_"):
             raise NotFitted("EmbeddingVAE is not fitted; call fit first")
 
-    def transform(self, X: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
-        """Posterior means μ (N×latent_dim, float32)."""
+    def posterior(self, X: np.ndarray, *, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means μ and log-variances log σ² (both N×latent_dim, float32)."""
         import torch
 
         self._check_fitted()
         X = _as_2d(X)
         if X.shape[1] != self.mean_.shape[0]:
             raise InvalidInput(f"expected {self.mean_.shape[0]} features, got {X.shape[1]}")
-        out = []
+        mus, log_vars = [], []
         with _torch_threads(self.num_threads), torch.no_grad():
             for start in range(0, X.shape[0], batch_size):
                 chunk = torch.from_numpy(((X[start : start + batch_size] - self.mean_) / self.scale_).astype(np.float32))
-                out.append(self.net_.encode(chunk)[0].numpy())
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.latent_dim), np.float32)
+                mu, log_var = self.net_.encode(chunk)
+                mus.append(mu.numpy())
+                log_vars.append(log_var.numpy())
+        if not mus:
+            empty = np.zeros((0, self.latent_dim), np.float32)
+            return empty, empty.copy()
+        return np.concatenate(mus).astype(np.float32), np.concatenate(log_vars).astype(np.float32)
 
-    def kl_per_dim(self, X: np.ndarray) -> np.ndarray:
-        """Mean KL(q(z_j|x) ‖ N(0,1)) per latent dimension over ``X``; near 0 marks an unused (collapsed) dimension."""
+    def decode(self, Z: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
+        """The decoder's output for latent rows ``Z`` (N×latent_dim), in the standardised feature space
+        the VAE was trained in (where its unit-variance Gaussian likelihood, and so its metric, lives)."""
         import torch
 
         self._check_fitted()
+        Z = _as_2d(Z)
+        if Z.shape[1] != self.latent_dim:
+            raise InvalidInput(f"expected {self.latent_dim} latent dimensions, got {Z.shape[1]}")
+        out = []
         with _torch_threads(self.num_threads), torch.no_grad():
-            Z = torch.from_numpy(((_as_2d(X) - self.mean_) / self.scale_).astype(np.float32))
-            mu, logvar = self.net_.encode(Z)
-            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-        return kl.mean(dim=0).numpy()
+            for start in range(0, Z.shape[0], batch_size):
+                out.append(self.net_.decoder(torch.from_numpy(Z[start : start + batch_size])).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.mean_.shape[0]), np.float32)
+
+    def transform(self, X: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
+        """Posterior means μ (N×latent_dim, float32)."""
+        return self.posterior(X, batch_size=batch_size)[0]
+
+    def kl_per_dim(self, X: np.ndarray, *, batch_size: int = 8192) -> np.ndarray:
+        """Mean KL(q(z_j|x) ‖ N(0,1)) per latent dimension over ``X``; near 0 marks an unused (collapsed) dimension."""
+        mu, log_var = self.posterior(X, batch_size=batch_size)
+        return mean_kl_per_dim(mu, log_var)
+
+
+def mean_kl_per_dim(mu: np.ndarray, log_var: np.ndarray) -> np.ndarray:
+    """Mean KL(N(μ_j, σ_j²) ‖ N(0, 1)) per dimension over the rows of posterior means and log-variances."""
+    mu, log_var = mu.astype(np.float64), log_var.astype(np.float64)
+    return (0.5 * (mu**2 + np.exp(log_var) - 1.0 - log_var)).mean(axis=0)
 
 
 def _as_2d(X: np.ndarray) -> np.ndarray:

@@ -28,6 +28,21 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     parser.add_argument("--method", choices=("knn", "gmm", "histogram"), default=None, help="density estimator")
     parser.add_argument("--alpha", type=float, default=None, help="weight smoothing α (default: the method's)")
+    parser.add_argument(
+        "--max-weight-ratio",
+        type=float,
+        default=50.0,
+        metavar="R",
+        help="cap a weight at R × the median weight, 0 for no cap (default %(default)s)",
+    )
+    parser.add_argument(
+        "--vaes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="average the densities of N VAEs with different seeds (default %(default)s). "
+        "Strongest rebalancing: --alpha 0 --max-weight-ratio 0 --vaes 3",
+    )
     parser.add_argument("--latent-dim", type=int, default=32, help="VAE latent size (default %(default)s)")
     parser.add_argument("--clusters", type=int, default=8, help="number of latent clusters (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
@@ -54,8 +69,12 @@ def run(args: argparse.Namespace, config: Any) -> int:
     from tqdm import tqdm
 
     from embeddings.dataset import embed_image_folder, load_embeddings
-    from embeddings.latent import DEFAULT_METHOD, run_analysis
+    from embeddings.latent import DEFAULT_METHOD, MAX_VAES, run_analysis
 
+    if not (args.max_weight_ratio == 0 or args.max_weight_ratio >= 1):
+        raise InvalidInput("--max-weight-ratio must be 0 (no cap) or >= 1")
+    if not 1 <= args.vaes <= MAX_VAES:
+        raise InvalidInput(f"--vaes must be in 1..{MAX_VAES}")
     bar = tqdm(total=1000, file=sys.stderr, disable=not sys.stderr.isatty(), unit="‰")
 
     def progress(fraction: float, message: str) -> None:
@@ -79,6 +98,8 @@ def run(args: argparse.Namespace, config: Any) -> int:
             dataset,
             method=args.method or DEFAULT_METHOD,
             alpha=args.alpha,
+            max_weight_ratio=args.max_weight_ratio or None,
+            n_vaes=args.vaes,
             latent_dim=args.latent_dim,
             n_clusters=args.clusters,
             seed=args.seed,

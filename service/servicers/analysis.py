@@ -144,7 +144,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
 
     # --- RPCs ----------------------------------------------------------------------------------------
     def StartAnalysis(self, request: analysis_pb2.StartAnalysisRequest, context: grpc.ServicerContext) -> analysis_pb2.Job:
-        from embeddings.latent import DEFAULT_ALPHA, DEFAULT_METHOD, run_analysis
+        from embeddings.latent import DEFAULT_ALPHA, DEFAULT_METHOD, MAX_VAES, run_analysis
 
         source = self._dataset_source(request.dataset)
         method = request.method or DEFAULT_METHOD
@@ -156,7 +156,22 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         latent_dim = request.latent_dim if request.HasField("latent_dim") else 32
         if not 1 <= latent_dim <= 512:
             raise InvalidInput("latent_dim must be in 1..512")
-        params = {"dataset": source, "method": method, "alpha": alpha, "latent_dim": latent_dim, "seed": request.seed}
+        n_vaes = request.n_vaes if request.HasField("n_vaes") else 1
+        if not 1 <= n_vaes <= MAX_VAES:
+            raise InvalidInput(f"n_vaes must be in 1..{MAX_VAES}")
+        max_weight_ratio = request.max_weight_ratio if request.HasField("max_weight_ratio") else 50.0
+        if not (max_weight_ratio == 0 or max_weight_ratio >= 1):
+            raise InvalidInput("max_weight_ratio must be 0 (no cap) or >= 1")
+        max_weight_ratio = None if max_weight_ratio == 0 else max_weight_ratio
+        params = {
+            "dataset": source,
+            "method": method,
+            "alpha": alpha,
+            "latent_dim": latent_dim,
+            "n_vaes": n_vaes,
+            "max_weight_ratio": max_weight_ratio,
+            "seed": request.seed,
+        }
 
         def analyse(dataset, progress, should_stop):
             return run_analysis(
@@ -164,6 +179,8 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
                 method=method,
                 alpha=alpha,
                 latent_dim=latent_dim,
+                n_vaes=n_vaes,
+                max_weight_ratio=max_weight_ratio,
                 seed=request.seed,
                 progress=progress,
                 should_stop=should_stop,

@@ -44,18 +44,22 @@ class DatasetSource(_message.Message):
     def __init__(self, image_folder: _Optional[str] = ..., embeddings: _Optional[_Union[EmbeddingsFile, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class StartAnalysisRequest(_message.Message):
-    __slots__ = ("dataset", "method", "alpha", "latent_dim", "seed")
+    __slots__ = ("dataset", "method", "alpha", "latent_dim", "seed", "n_vaes", "max_weight_ratio")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    N_VAES_FIELD_NUMBER: _ClassVar[int]
+    MAX_WEIGHT_RATIO_FIELD_NUMBER: _ClassVar[int]
     dataset: DatasetSource
     method: str
     alpha: float
     latent_dim: int
     seed: int
-    def __init__(self, dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., method: _Optional[str] = ..., alpha: _Optional[float] = ..., latent_dim: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    n_vaes: int
+    max_weight_ratio: float
+    def __init__(self, dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., method: _Optional[str] = ..., alpha: _Optional[float] = ..., latent_dim: _Optional[int] = ..., seed: _Optional[int] = ..., n_vaes: _Optional[int] = ..., max_weight_ratio: _Optional[float] = ...) -> None: ...
 
 class StartAuditRequest(_message.Message):
     __slots__ = ("dataset", "group_by", "target_fmr", "threshold", "analysis_job_id", "seed")
