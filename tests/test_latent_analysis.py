@@ -93,6 +93,9 @@ def test_vae_finds_the_planted_number_of_factors(offset5) -> None:
     _, _, result = offset5
     assert result.params["active_dims"] == 8
     assert result.params["geometry"] == "decoded"
+    # The density is estimated on the decoded surface: 32 principal coordinates, exponent 8.
+    assert result.coordinates.shape == (N, 32) and result.latent.shape == (N, 8)
+    assert result.estimator.n_features_in_ == 32 and result.estimator.dim == 8
 
 
 def test_vae_ensemble_averages_the_members_log_densities() -> None:

@@ -1,8 +1,9 @@
 """Latent density analysis (DB-VAE, done properly): find under-represented faces without demographic labels.
 
 A small VAE maps embeddings to latent means μ; a density estimator on μ (``histogram`` — the DB-VAE
-reference —, ``knn`` or ``gmm``) gives each sample a density; sampling weights ∝ 1/(density + α)
-rebalance the data; clusters of low density name the under-represented regions.
+reference —, ``knn`` or ``gmm``; ``knn`` measures distances between μ through the decoder) gives each
+sample a density; sampling weights ∝ 1/(density + α) rebalance the data; clusters of low density name
+the under-represented regions.
 """
 
 from __future__ import annotations

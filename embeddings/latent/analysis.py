@@ -37,7 +37,12 @@ MAX_VAES = 10
 
 @dataclass
 class AnalysisResult:
-    """Everything one analysis produced. ``weights`` sum to 1; ``density`` is relative (mean 1)."""
+    """Everything one analysis produced. ``weights`` sum to 1; ``density`` is relative (mean 1).
+
+    ``latent`` holds the active posterior means (the clusters live there); ``coordinates`` the rows
+    ``estimator`` was fitted on — the same μ for ``geometry="latent"``, their decoded projections for
+    ``"decoded"`` — so new points must be mapped the same way before ``estimator.score_samples``.
+    """
 
     method: str
     params: dict[str, Any]
@@ -49,6 +54,7 @@ class AnalysisResult:
     groups: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     estimator: DensityEstimator | None = field(default=None, repr=False)
     vae: EmbeddingVAE | None = field(default=None, repr=False)
+    coordinates: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def effective_sample_size(self) -> float:
@@ -159,7 +165,7 @@ def run_analysis(
     params = dict(estimator_params or {})
     if method in ("gmm", "knn"):
         params.setdefault("seed", seed)
-    members: list[tuple[EmbeddingVAE, np.ndarray, DensityEstimator]] = []
+    members: list[tuple[EmbeddingVAE, np.ndarray, DensityEstimator, np.ndarray]] = []
     log_densities: list[np.ndarray] = []
     share = 0.85 / n_vaes  # progress: each member's VAE, then its density
     for m in range(n_vaes):
@@ -175,15 +181,16 @@ def run_analysis(
             coords = _decoded_coordinates(vae, mu, n_active=active.size, seed=seed)
             estimator = make_estimator(method, alpha=alpha, **{"dim": int(active.size), **params}).fit(coords)
         else:
+            coords = latent
             estimator = make_estimator(method, alpha=alpha, **params).fit(latent)
-        members.append((vae, latent, estimator))
+        members.append((vae, latent, estimator, coords))
         log_densities.append(estimator._train_log_density())
         _check_stop(stop)
-    vae, latent, estimator = members[0]
+    vae, latent, estimator, coords = members[0]
     report(0.85, "computing weights")
     log_density = np.mean(log_densities, axis=0)
     if method == "histogram":  # its weights are not a function of one log-density: mix the members' samplers
-        raw = np.mean([est.sample_weights() for _, _, est in members], axis=0)
+        raw = np.mean([est.sample_weights() for _, _, est, _ in members], axis=0)
     else:
         raw = inverse_density_weights(log_density, alpha=alpha)
     weights = clip_weights(raw, max_ratio=max_weight_ratio)
@@ -220,6 +227,7 @@ def run_analysis(
         groups=dict(dataset.groups),
         estimator=estimator,
         vae=vae,
+        coordinates=coords,
     )
 
 
