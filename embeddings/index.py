@@ -275,18 +275,24 @@ class VectorIndex:
             index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             raise InvalidInput(f"bad index factory string {factory!r}: {exc}") from exc
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:
-            ivf = None
-        if ivf is not None:
-            ivf.nprobe = self.config.nprobe
+        if self._tune(index):
             return index, factory, True
-        hnsw = getattr(index, "hnsw", None)
-        if hnsw is not None:
-            hnsw.efSearch = max(2 * self.config.rerank_k, 64)
         # Indexes without ids of their own (HNSW, flat codes) get an id map; they may not remove.
         return faiss.IndexIDMap2(index), factory, False
+
+    def _tune(self, index: faiss.Index) -> bool:
+        """Apply the configured search breadth (IVF nprobe, HNSW efSearch) to ``index`` — also after a
+        load, where the saved value may predate the current config. True when ``index`` is an IVF."""
+        try:
+            faiss.extract_index_ivf(index).nprobe = self.config.nprobe
+            return True
+        except RuntimeError:
+            pass
+        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+        hnsw = getattr(inner, "hnsw", None)
+        if hnsw is not None:
+            hnsw.efSearch = max(2 * self.config.rerank_k, 64)
+        return False
 
     @staticmethod
     def _ann_add(index: faiss.Index, ids: np.ndarray, vecs: np.ndarray) -> None:
@@ -482,10 +488,7 @@ class VectorIndex:
                 if header["has_ann"]:
                     f.seek(ann_off)
                     ann = faiss.read_index(faiss.PyCallbackIOReader(f.read))
-                    try:
-                        faiss.extract_index_ivf(ann).nprobe = index.config.nprobe
-                    except RuntimeError:
-                        pass  # not an IVF index: nothing to probe
+                    index._tune(ann)
                     index._ann = ann
                     index._ann_kind = header["kind"]
                     index._ann_removable = header["removable"]

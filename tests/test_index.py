@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import faiss
 import numpy as np
 import pytest
 
@@ -179,3 +180,18 @@ def test_invalid_inputs(tmp_path) -> None:
     junk.write_bytes(b"not a snapshot")
     with pytest.raises(StorageError):
         VectorIndex.load(junk)
+
+
+@pytest.mark.parametrize("factory", ["IVF{nlist},Flat", "HNSW16"])
+def test_a_loaded_snapshot_searches_as_wide_as_the_current_config(tmp_path, data, factory: str) -> None:
+    ids, vecs, _ = data
+    index = VectorIndex(DIM, IndexConfig(ann_threshold=1000, ann_factory=factory, nprobe=4, rerank_k=16))
+    index.add(ids, vecs)
+    index.build()
+    index.save(tmp_path / "c.lfidx", meta={})
+    loaded, _ = VectorIndex.load(tmp_path / "c.lfidx", IndexConfig(ann_factory=factory, nprobe=32, rerank_k=100))
+    ann = loaded._ann
+    if factory.startswith("IVF"):
+        assert faiss.extract_index_ivf(ann).nprobe == 32
+    else:
+        assert faiss.downcast_index(ann.index).hnsw.efSearch == 200  # 2 x rerank_k, not the saved 64
