@@ -297,8 +297,9 @@ class Gallery:
 
     def set_threshold(self, name: str, threshold: float) -> None:
         state = self._state(name)
-        self._store.set_threshold(name, threshold)
-        state.record = self._store.get_collection(name)
+        with state.write_lock:  # the cached record must end as the last write, not an interleaved one
+            self._store.set_threshold(name, threshold)
+            state.record = self._store.get_collection(name)
 
     def collection_stats(self, name: str) -> CollectionStats:
         state = self._state(name)
