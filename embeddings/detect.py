@@ -96,7 +96,7 @@ class FaceDetector:
                     raw[i] = result
 
         out = []
-        for img, s, r in zip(originals, small, raw):
+        for img, s, r in zip(originals, small, raw, strict=True):
             assert r is not None
             out.append(self._to_faces(img, s.shape[:2], *r))
         return out
@@ -117,7 +117,7 @@ class FaceDetector:
         with torch.inference_mode():
             boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
         results = []
-        for b, p, pts in zip(boxes, probs, points):
+        for b, p, pts in zip(boxes, probs, points, strict=True):
             if b is None:
                 results.append(_empty())
             else:

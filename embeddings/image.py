@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -22,7 +21,7 @@ from embeddings.errors import ImageTooLarge, InvalidImage, LatentfaceError
 
 __all__ = ["ALLOWED_FORMATS", "ImageSource", "decode_image"]
 
-ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike, Image.Image, np.ndarray]
+ImageSource = bytes | bytearray | memoryview | str | os.PathLike | Image.Image | np.ndarray
 
 # Formats a camera, phone or browser produces. Anything else (PSD, EPS, ICNS, ...) is refused:
 # every extra decoder is extra attack surface for no use. MPO is what many phones write as JPEG.

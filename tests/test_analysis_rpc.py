@@ -86,9 +86,7 @@ def test_analysis_then_audit_end_to_end(admin, embeddings_file, server):
     assert summary["params"]["n_vaes"] == 2 and summary["params"]["max_weight_ratio"] is None
 
     audit = admin.start_audit(embeddings=files, group_by=["group"], target_fmr=0.01, analysis_job_id=job.id, seed=1)
-    final = admin.get_job(audit.id)
-    for final in admin.watch_job(audit.id, timeout=240):
-        pass
+    final = list(admin.watch_job(audit.id, timeout=240))[-1]
     assert final.state == "DONE", final.error
     assert set(final.artifacts) >= {"report.json", "report.html"}
     report = admin.get_report(audit.id, "report.json")

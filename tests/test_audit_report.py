@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embeddings.audit import AuditOptions, audit_arrays, audit_pairs, build_pairs, identity_bootstrap, percentile_interval
+from embeddings.audit import (
+    AuditOptions,
+    audit_arrays,
+    audit_pairs,
+    build_pairs,
+    identity_bootstrap,
+    percentile_interval,
+)
 from embeddings.errors import Cancelled, InvalidInput
 from embeddings.synthetic.verification import make_verification_set, simulate_scores
 

@@ -22,7 +22,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from embeddings import errors
 from embeddings.errors import InvalidInput, NotFound, Unauthenticated
 from service import auth
-from service.auth import AuthInterceptor, KeyStore, authorize, current_principal, ensure_admin_key, visible_collections
+from service.auth import (
+    AuthInterceptor,
+    KeyStore,
+    authorize,
+    current_principal,
+    ensure_admin_key,
+    visible_collections,
+)
 from service.errors import ErrorInterceptor
 from service.logs import configure_logging
 

@@ -134,10 +134,10 @@ def test_detect_batch_equals_per_image_detect(detector: FaceDetector, astronaut:
     images = [astronaut, flipped, blank, other_size]  # three share a size and run as one batch
     batched = detector.detect_batch(images)
     assert [len(b) for b in batched] == [1, 1, 0, 1]
-    for img, got in zip(images, batched):
+    for img, got in zip(images, batched, strict=True):
         want = detector.detect(img)
         assert len(got) == len(want)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g.box, w.box, atol=1e-3)
             np.testing.assert_allclose(g.landmarks, w.landmarks, atol=1e-3)
             assert g.probability == pytest.approx(w.probability, abs=1e-5)

@@ -28,7 +28,7 @@ def steps_job(n: int, gate: threading.Event | None = None):
                 gate.wait(5)
             progress((i + 1) / n, f"step {i + 1}/{n}")
         (out_dir / "result.txt").write_text("ok\n")
-        (out_dir / "summary.json").write_text('{"n": %d}\n' % n)
+        (out_dir / "summary.json").write_text(f'{{"n": {n}}}\n')
         return {"result.txt": out_dir / "result.txt", "summary.json": out_dir / "summary.json"}
 
     return fn

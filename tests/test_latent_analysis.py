@@ -13,10 +13,10 @@ from sklearn.metrics import roc_auc_score
 from embeddings.errors import Cancelled, InvalidInput
 from embeddings.latent import (
     DEFAULT_METHOD,
+    MAX_VAES,
     EmbeddingVAE,
     HistogramDensity,
     KNNDensity,
-    MAX_VAES,
     effective_sample_size,
     run_analysis,
 )

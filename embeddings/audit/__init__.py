@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from embeddings.audit.audit import AuditOptions, AuditResult, audit_arrays, audit_pairs, run_audit
 from embeddings.audit.bootstrap import BootstrapReplicates, identity_bootstrap, percentile_interval
-from embeddings.audit.metrics import det_curve, differentials, false_match_rate, false_non_match_rate, threshold_for_fmr
+from embeddings.audit.metrics import (
+    det_curve,
+    differentials,
+    false_match_rate,
+    false_non_match_rate,
+    threshold_for_fmr,
+)
 from embeddings.audit.pairs import PairSet, build_pairs
 
 __all__ = [
