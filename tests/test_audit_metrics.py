@@ -89,6 +89,10 @@ def test_bootstrap_weights_equal_enumerating_the_resampled_people() -> None:
     )
     for r in range(len(w)):
         people = np.repeat(np.arange(n_ids), w[r].astype(int))  # copies are distinct people
+        assert reps.overall_fnmr[r] == pytest.approx(ge[people].sum() / gc[people].sum())
+        pairs = [(p, q) for p in range(len(people)) for q in range(p + 1, len(people)) if people[p] != people[q]]
+        blocks = [full[np.ix_(img_id == people[p], img_id == people[q])] for p, q in pairs]
+        assert reps.overall_fmr[r] == pytest.approx(sum(np.sum(s >= t) for s in blocks) / sum(s.size for s in blocks))
         for g in range(2):
             mine = people[group[people] == g]
             assert reps.fnmr[r, g] == pytest.approx(ge[mine].sum() / gc[mine].sum())

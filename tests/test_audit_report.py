@@ -53,6 +53,10 @@ def test_planted_fmr_gap_matches_brute_force(planted, planted_report) -> None:
     t = rep["threshold"]
     assert rep["data"]["impostor_pairs_scored"] < rep["data"]["impostor_pairs_possible"]  # sampling was exercised
     assert rep["overall"]["fmr"] == pytest.approx(1e-3, rel=0.02)
+    everyone = _brute_fmr(planted.vectors, planted.identities, t)  # all impostor pairs, across groups too
+    assert rep["overall"]["fmr"] == pytest.approx(everyone, rel=0.1)
+    assert rep["overall"]["fmr_ci"][0] <= everyone <= rep["overall"]["fmr_ci"][1]
+    assert rep["overall"]["fnmr_ci"][0] <= rep["overall"]["fnmr"] <= rep["overall"]["fnmr_ci"][1]
     truth = {}
     for g in ("A", "B"):
         sel = planted.groups["group"] == g

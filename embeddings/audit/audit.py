@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from embeddings.audit.bootstrap import identity_bootstrap, percentile_interval
+from embeddings.audit.bootstrap import BootstrapReplicates, identity_bootstrap, percentile_interval
 from embeddings.audit.metrics import det_curve, differentials, threshold_for_fmr
 from embeddings.audit.pairs import PairSet, build_pairs
 from embeddings.errors import Cancelled, InvalidDataset, InvalidInput, StorageError
@@ -273,17 +273,44 @@ def audit_pairs(
         "n_bootstrap": opts.n_bootstrap,
         "min_impostor_pairs": min_imp,
         "min_genuine_pairs": opts.min_genuine_pairs,
-        "overall": {
-            "fnmr": _num(float(np.mean(gen < t)) if gen.size else None),
-            "fmr": _num(float(np.sum(weights * false_match) / np.sum(weights))),
-            "n_genuine": int(gen.size),
-            "n_impostor": int(imp.size),
-        },
+        "overall": _overall(gen, t, false_match, weights, reps, conf),
         "groups": groups,
         "differentials": diffs,
         "cross_group_fmr": {"groups": list(group_names), "fmr": cross_fmr, "fmr_ci": cross_ci, "n_impostor": cross_n},
         "curves": curves,
         "score_histograms": {"bin_edges": hist_edges.tolist(), "groups": hists},
+    }
+
+
+def _overall(
+    gen: np.ndarray,
+    t: float,
+    false_match: np.ndarray,
+    weights: np.ndarray,
+    reps: BootstrapReplicates,
+    conf: float,
+) -> dict[str, Any]:
+    """All groups pooled: FNMR over the genuine pairs, FMR over the impostor pairs weighted back to every
+    cell's possible pairs; intervals from the same identity bootstrap ([0, 3/N] when nothing failed)."""
+    n_fnm, n_fm = int(np.sum(gen < t)), int(np.sum(false_match))
+    fnmr = n_fnm / gen.size if gen.size else None
+    if fnmr is None:
+        fnmr_ci = None
+    elif n_fnm == 0:
+        fnmr_ci = [0.0, 3.0 / gen.size]
+    else:
+        fnmr_ci = _ci(percentile_interval(reps.overall_fnmr, conf))
+    fmr = float(np.sum(weights * false_match) / np.sum(weights))
+    fmr_ci = [0.0, 3.0 / false_match.size] if n_fm == 0 else _ci(percentile_interval(reps.overall_fmr, conf))
+    return {
+        "fnmr": _num(fnmr),
+        "fnmr_ci": fnmr_ci,
+        "fmr": _num(fmr),
+        "fmr_ci": fmr_ci,
+        "n_genuine": int(gen.size),
+        "n_false_non_matches": n_fnm,
+        "n_impostor": int(false_match.size),
+        "n_false_matches": n_fm,
     }
 
 

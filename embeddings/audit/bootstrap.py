@@ -13,6 +13,9 @@ recomputes the rates as weighted sums of precomputed per-identity counts, with n
   ``(S1^2 - S2) / 2`` within a group (``S1 = sum w_i m_i``, ``S2 = sum w_i^2 m_i^2``, m_i images),
   ``S1_g S1_h`` across groups, times the cell's sampling fraction. On the original identities
   (all ``w = 1``) this is exactly the point estimate.
+* Overall rates pool the groups: FNMR is ``sum w e / sum w n`` over every audited identity; FMR
+  weights each cell's false matches back by its sampling fraction, ``sum num / frac`` over the
+  cells, divided by all the cells' possible pairs — the point estimate's weighting again.
 
 The threshold is held fixed (it is the operating point under audit, not re-estimated).
 """
@@ -30,11 +33,14 @@ __all__ = ["BootstrapReplicates", "identity_bootstrap", "percentile_interval", "
 
 @dataclass(frozen=True)
 class BootstrapReplicates:
-    """Per-replicate rates: ``fnmr[b, g]``, within-group ``fmr[b, g]``, ``cross_fmr[b, g, h]`` (NaN: undefined)."""
+    """Per-replicate rates: ``fnmr[b, g]``, within-group ``fmr[b, g]``, ``cross_fmr[b, g, h]`` and the
+    all-groups ``overall_fnmr[b]`` and ``overall_fmr[b]`` (NaN: undefined)."""
 
     fnmr: np.ndarray
     fmr: np.ndarray
     cross_fmr: np.ndarray
+    overall_fnmr: np.ndarray
+    overall_fmr: np.ndarray
 
 
 def _multinomial_weights(n_boot: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -106,6 +112,7 @@ def rates_for_weights(
     s1 = np.zeros((n_boot, n_groups))
     s2 = np.zeros((n_boot, n_groups))
     fnmr = np.full((n_boot, n_groups), np.nan)
+    gen_errors, gen_pairs = np.zeros(n_boot), np.zeros(n_boot)
     e = np.asarray(genuine_errors, dtype=np.float64)
     n = np.asarray(genuine_counts, dtype=np.float64)
     m = np.asarray(image_counts, dtype=np.float64)
@@ -114,9 +121,11 @@ def rates_for_weights(
         if ids.size == 0:
             continue
         wg = w[:, ids]
-        den = wg @ n[ids]
+        den, errs = wg @ n[ids], wg @ e[ids]
+        gen_errors += errs
+        gen_pairs += den
         with np.errstate(invalid="ignore", divide="ignore"):
-            fnmr[:, g] = np.where(den > 0, (wg @ e[ids]) / den, np.nan)
+            fnmr[:, g] = np.where(den > 0, errs / den, np.nan)
         s1[:, g] = wg @ m[ids]
         s2[:, g] = (wg**2) @ (m[ids] ** 2)
 
@@ -138,9 +147,20 @@ def rates_for_weights(
             total = prod[:, cell == c].sum(axis=1)
             num[:, c // n_groups, c % n_groups] = total
             num[:, c % n_groups, c // n_groups] = total
+    sampled_cells = np.triu(np.asarray(cell_sampled) > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         cross = np.where(expected > 0, num / expected, np.nan)
-    return BootstrapReplicates(fnmr=fnmr, fmr=cross[:, diag, diag].copy(), cross_fmr=cross)
+        overall_fnmr = np.where(gen_pairs > 0, gen_errors / gen_pairs, np.nan)
+        all_possible = possible[:, sampled_cells].sum(axis=1)
+        weighted_errors = (num[:, sampled_cells] / frac[sampled_cells]).sum(axis=1)
+        overall_fmr = np.where(all_possible > 0, weighted_errors / all_possible, np.nan)
+    return BootstrapReplicates(
+        fnmr=fnmr,
+        fmr=cross[:, diag, diag].copy(),
+        cross_fmr=cross,
+        overall_fnmr=overall_fnmr,
+        overall_fmr=overall_fmr,
+    )
 
 
 def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tuple[float, float] | None:

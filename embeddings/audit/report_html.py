@@ -201,12 +201,16 @@ def render_html(report: Mapping[str, Any]) -> str:
     summary = (
         "<table>"
         + "".join(
-            f'<tr><th class="name">{label}</th>{_cell(key, val, kind)}</tr>'
+            f'<tr><th class="name">{label}</th>'
+            + (_ci_cell(key, val, kind.removeprefix("ci:")) if kind.startswith("ci:") else _cell(key, val, kind))
+            + "</tr>"
             for label, key, val, kind in (
                 ("global threshold (cosine; match when score ≥ threshold)", "threshold", report["threshold"], "threshold"),
                 ("target FMR", "target_fmr", report["target_fmr"], "rate"),
                 ("overall FMR (all impostor pairs)", "overall.fmr", o["fmr"], "rate"),
+                (f"overall FMR, {report['confidence']:.0%} interval", "overall.fmr_ci", o["fmr_ci"], "ci:rate"),
                 ("overall FNMR (all genuine pairs)", "overall.fnmr", o["fnmr"], "rate"),
+                (f"overall FNMR, {report['confidence']:.0%} interval", "overall.fnmr_ci", o["fnmr_ci"], "ci:rate"),
                 ("images", "data.n_images", d["n_images"], "int"),
                 ("images audited (identity has a group label)", "data.n_images_audited", d["n_images_audited"], "int"),
                 ("identities", "data.n_identities", d["n_identities"], "int"),
