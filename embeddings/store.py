@@ -25,11 +25,11 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -44,6 +44,8 @@ from embeddings.errors import (
 )
 
 __all__ = ["CollectionRecord", "EnrollResult", "FaceRecord", "GalleryStore", "SubjectRecord"]
+
+_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -200,11 +202,15 @@ class GalleryStore:
                 raise
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self._read_many(lambda c: c.execute(sql, params).fetchall())
+
+    def _read_many(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run several reads as one view of the store: the connection's lock keeps writers out between them."""
         with self._lock:
             if self._closed:
                 raise StorageError("the gallery store is closed")
             try:
-                return self._conn.execute(sql, params).fetchall()
+                return work(self._conn)
             except sqlite3.Error as exc:
                 raise StorageError(f"store read failed: {exc}") from exc
 
@@ -498,20 +504,38 @@ class GalleryStore:
         )
 
     def list_subjects(self, collection: str, *, after: str | None, limit: int) -> list[SubjectRecord]:
-        """Subjects ordered by id, strictly after ``after`` (keyset paging, stable under writes)."""
-        self.get_collection(collection)
-        rows = self._read(
-            "SELECT subject_id FROM subjects WHERE collection = ? AND subject_id > ?"
-            " ORDER BY subject_id LIMIT ?",
-            (collection, after if after is not None else "", int(limit)),
-        )
-        # Subjects with the empty-string id sort first and would be skipped by "> ''".
-        if after is None:
-            empty = self._read(
-                "SELECT subject_id FROM subjects WHERE collection = ? AND subject_id = ''", (collection,)
-            )
-            rows = (empty + rows)[: int(limit)]
-        return [self.get_subject(collection, r[0]) for r in rows]
+        """Subjects ordered by id, strictly after ``after`` (keyset paging, stable under writes).
+
+        Two queries (the page, then its faces) seen as one state, so a subject deleted meanwhile can
+        neither fail the page nor appear without its faces."""
+        columns = "SELECT subject_id, display_name, metadata, groups, created FROM subjects WHERE collection = ?"
+
+        def page(c: sqlite3.Connection) -> tuple[list[tuple], list[tuple]]:
+            if c.execute("SELECT 1 FROM collections WHERE name = ?", (collection,)).fetchone() is None:
+                raise CollectionNotFound(f"collection {collection!r} not found")
+            if after is None:
+                rows = c.execute(columns + " ORDER BY subject_id LIMIT ?", (collection, int(limit))).fetchall()
+            else:
+                rows = c.execute(
+                    columns + " AND subject_id > ? ORDER BY subject_id LIMIT ?", (collection, after, int(limit))
+                ).fetchall()
+            if not rows:
+                return rows, []
+            faces = c.execute(
+                "SELECT subject_id, face_id FROM faces WHERE collection = ? AND subject_id BETWEEN ? AND ?"
+                " ORDER BY face_id",
+                (collection, rows[0][0], rows[-1][0]),
+            ).fetchall()
+            return rows, faces
+
+        rows, faces = self._read_many(page)
+        face_ids: dict[str, list[int]] = {}
+        for subject_id, face_id in faces:
+            face_ids.setdefault(subject_id, []).append(face_id)
+        return [
+            SubjectRecord(collection, sid, name, json.loads(meta), json.loads(groups), created, tuple(face_ids.get(sid, ())))
+            for sid, name, meta, groups, created in rows
+        ]
 
     def subject_vectors(self, collection: str, subject_id: str) -> tuple[np.ndarray, np.ndarray, str | None]:
         """(face ids int64 (n,), vectors float32 (n, D), model id) of one subject."""

@@ -128,13 +128,17 @@ def test_list_subjects_pages_cover_each_once(tmp_path, data) -> None:
     with Gallery.open(config(tmp_path), background=False) as g:
         g.create_collection("c")
         g.bulk_enroll("c", names, vecs[: len(names)], model_id="m")
+        g.enroll("c", "s03", vecs[60:62], model_id="m", groups={"g": "x"})  # a subject with three faces
         seen, token = [], None
         while True:
             page, token = g.list_subjects("c", page_size=7, page_token=token)
             seen += [s.subject_id for s in page]
+            for s in page:  # a page row is the same record the single-subject read gives
+                assert s == g.get_subject("c", s.subject_id)
             if token is None:
                 break
         assert sorted(seen) == sorted(names) and len(seen) == len(set(seen))
+        assert len(g.get_subject("c", "s03").face_ids) == 3
         with pytest.raises(InvalidInput):
             g.list_subjects("c", page_size=0)
         with pytest.raises(InvalidInput):
