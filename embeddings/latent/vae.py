@@ -45,9 +45,10 @@ class EmbeddingVAE:
     :data:`MIN_STEPS` steps may run and :data:`PATIENCE_STEPS` steps without progress stop the fit
     (but never fewer than 40 and 4 epochs). Small datasets have few steps per epoch; stopped by
     epochs alone they end before unused latent dimensions have collapsed, and a latent space with
-    spare active dimensions distorts the density estimated on it. Everything random comes from ``seed``, so two fits on the
-    same data give the same μ. ``max_train_samples`` caps the rows used to train (μ is still computed
-    for all rows), which keeps 100k-row fits fast without changing what is learned much.
+    spare active dimensions distorts the density estimated on it. Everything random comes from
+    ``seed``, so two fits on the same data give the same μ. ``max_train_samples`` caps the rows used
+    to train (μ is still computed for all rows), which keeps 100k-row fits fast without changing
+    what is learned much.
     """
 
     def __init__(
