@@ -25,6 +25,7 @@ PARTS: tuple[str, ...] = ("encoder", "detect", "identify", "analysis", "audit")
 @dataclass(frozen=True)
 class BenchOptions:
     gallery_size: int = 100_000
+    analysis_size: int = 100_000
     seed: int = 0
     work_dir: Path = field(default_factory=lambda: Path("bench-out"))
     quick: bool = False
@@ -49,7 +50,12 @@ def run_bench(
 
     result: dict[str, Any] = {
         "machine": {"cpus": _cpu_count(), "platform": platform.platform(), "torch_threads": torch.get_num_threads()},
-        "options": {"gallery_size": options.gallery_size, "seed": options.seed, "quick": options.quick},
+        "options": {
+            "gallery_size": options.gallery_size,
+            "analysis_size": options.analysis_size,
+            "seed": options.seed,
+            "quick": options.quick,
+        },
     }
     options.work_dir.mkdir(parents=True, exist_ok=True)
     for part in selected:

@@ -16,9 +16,9 @@ _ACCEPTANCE_N = 4000
 
 
 def run(options: Any) -> dict[str, Any]:
-    """``analysis_s`` (default method, ``options.gallery_size`` × 512, VAE + density + weights + clusters),
+    """``analysis_s`` (default method, ``options.analysis_size`` × 512, VAE + density + weights + clusters),
     ``analysis_s_<method>`` for the others (skipped when ``options.quick``) and ``analysis_acceptance``."""
-    n = 10_000 if options.quick else int(options.gallery_size)
+    n = 10_000 if options.quick else int(options.analysis_size)
     ds = make_group_embeddings(n=n, seed=options.seed)
     out: dict[str, Any] = {"analysis_n": n, "analysis_method": DEFAULT_METHOD}
     methods = [DEFAULT_METHOD] + ([] if options.quick else [m for m in ("gmm", "histogram") if m != DEFAULT_METHOD])

@@ -18,10 +18,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         parents=[common],
         help="run the benchmark (encoder, detect, identify, analysis, audit, server)",
         description="Measures the figures the issues set targets for. Use --only to run parts, "
-        "--gallery-size to size the identify part.",
+        "--gallery-size to size the identify part, --analysis-size the analysis part.",
     )
     p.add_argument("--only", help=f"comma-separated parts: {','.join(PARTS + SERVICE_PARTS)}")
-    p.add_argument("--gallery-size", type=int, default=100_000)
+    p.add_argument("--gallery-size", type=int, default=100_000, help="faces in the identify part's gallery")
+    p.add_argument("--analysis-size", type=int, default=100_000, help="embeddings in the analysis part")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=Path("bench-out"))
     p.add_argument("--quick", action="store_true", help="smaller inputs (smoke run)")
@@ -41,6 +42,7 @@ def run(args, config) -> int:
         only = list(PARTS) + list(SERVICE_PARTS)
     options = BenchOptions(
         gallery_size=args.gallery_size,
+        analysis_size=args.analysis_size,
         seed=args.seed,
         work_dir=args.work_dir,
         quick=args.quick,
