@@ -78,8 +78,8 @@ def test_decoded_geometry_undoes_the_vaes_squeeze_of_the_minority() -> None:
         w = run_analysis(ds, seed=0, alpha=0.0, max_weight_ratio=None, geometry=geometry).weights
         shares[geometry] = w[y].sum()
     # Plain latent distances: the VAE gave the minority too little volume, so alpha = 0 leaves it
-    # about a third of the majority's mass; distances between decoded points restore its share.
-    assert shares["latent"] < 1 / 3.5
+    # 2.2-4.0x behind the majority (15 seeds; 2.7x here); distances between decoded points restore its share.
+    assert shares["latent"] < 1 / 3
     assert 1 / 1.5 <= shares["decoded"] / (1 - shares["decoded"]) <= 1.5
     with pytest.raises(InvalidInput):
         run_analysis(ds, method="gmm", geometry="decoded")
