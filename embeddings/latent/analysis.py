@@ -242,16 +242,24 @@ def _active_latent(vae: EmbeddingVAE, X: np.ndarray, *, active_kl: float) -> tup
     return mu, active
 
 
-def _decoded_coordinates(vae: EmbeddingVAE, mu: np.ndarray, *, n_active: int, seed: int) -> np.ndarray:
+def _decoded_coordinates(
+    vae: EmbeddingVAE, mu: np.ndarray, *, n_active: int, seed: int, batch_size: int = 65_536
+) -> np.ndarray:
     """The decoder's images of ``mu`` on their leading principal directions (at least 32, 4 per active
     dimension, at most all features): the decoded surface has ``n_active`` dimensions, so these keep
-    its distances (and its curvature) while the neighbour search runs in far fewer columns."""
-    decoded = vae.decode(mu).astype(np.float64)
+    its distances (and its curvature) while the neighbour search runs in far fewer columns. The
+    directions come from a seeded sample of at most 20 000 rows; the rest are decoded and projected
+    in batches, so memory stays at N × (columns kept), not N × D."""
+    sample = np.sort(np.random.default_rng(seed).permutation(mu.shape[0])[:20_000])
+    decoded = vae.decode(mu[sample]).astype(np.float64)
     centre = decoded.mean(axis=0)
-    rows = np.random.default_rng(seed).permutation(decoded.shape[0])[:20_000]
-    _, _, vt = np.linalg.svd(decoded[rows] - centre, full_matrices=False)
-    n_components = min(vt.shape[0], max(32, 4 * n_active))
-    return np.ascontiguousarray((decoded - centre) @ vt[:n_components].T, dtype=np.float32)
+    _, _, vt = np.linalg.svd(decoded - centre, full_matrices=False)
+    basis = vt[: min(vt.shape[0], max(32, 4 * n_active))].T
+    out = np.empty((mu.shape[0], basis.shape[1]), dtype=np.float32)
+    for start in range(0, mu.shape[0], batch_size):
+        part = vae.decode(mu[start : start + batch_size]).astype(np.float64)
+        out[start : start + batch_size] = (part - centre) @ basis
+    return out
 
 
 def _check_stop(stop: ShouldStop) -> None:
