@@ -67,7 +67,7 @@ def test_strongest_setting_balances_a_95_5_split(data_seed: int) -> None:
     # Largest/smallest expected share for data seeds 0-4 x analysis seeds 0, 1, 2 (* = minority ahead):
     #   data 0: 1.00* 1.11  1.09    data 1: 1.08* 1.21* 1.10*   data 2: 1.21 1.29 1.06
     #   data 3: 1.28  1.23  1.36    data 4: 1.02* 1.14* 1.23*
-    # Seed 3 is the hard one for any kNN estimate at alpha = 0: on the true 8 factors it gives 1.34.
+    # Seed 3 is the hard one for any kNN estimate at alpha = 0: on the true 8 factors it gives 1.3-1.4.
     assert max(share, 1 - share) / min(share, 1 - share) <= 1.5
 
 
@@ -89,7 +89,7 @@ def test_decoded_geometry_undoes_the_vaes_squeeze_of_the_minority() -> None:
 
 def test_vae_finds_the_planted_number_of_factors(offset5) -> None:
     # The synthetic faces vary along 8 factors: a VAE trained long enough keeps 8 latent dimensions
-    # active and lets the other 24 collapse (with 40 epochs of 7 steps it kept 9-32).
+    # active and lets the other 24 collapse (with 40 epochs of 8 steps it kept 9-32).
     _, _, result = offset5
     assert result.params["active_dims"] == 8
     assert result.params["geometry"] == "decoded"
@@ -125,7 +125,7 @@ def test_null_control_random_subset_gets_its_share() -> None:
         aurocs.append(roc_auc_score(subset, result.weights))
     assert np.all(np.abs(np.array(masses) - 0.05) <= 0.01)
     # One random subset's AUROC has a sampling spread of its own, whatever the weights:
-    # sqrt((n1 + n2 + 1) / (12 n1 n2)) = 0.021 for 200 of 4000, so +-0.03 holds for ~85% of subsets
+    # sqrt((n1 + n2 + 1) / (12 n1 n2)) = 0.021 for 200 of 4000, so +-0.03 holds for ~80% of subsets
     # even for ideal weights. The mean over 50 subsets is the criterion, and the spread must be
     # that sampling spread (no subset systematically favoured).
     assert np.mean(aurocs) == pytest.approx(0.5, abs=0.01)
