@@ -106,6 +106,12 @@ def _ci(bounds: tuple[float, float] | None) -> list[float | None] | None:
     return None if bounds is None else [_num(bounds[0]), _num(bounds[1])]
 
 
+def _interval(errors: int, n: int, replicates: np.ndarray, conf: float) -> list[float | None] | None:
+    """The interval of a rate with ``errors`` in ``n``: [0, 3/N] (the rule of three) when nothing
+    failed, else the bootstrap percentile interval of its ``replicates``."""
+    return [0.0, 3.0 / n] if errors == 0 else _ci(percentile_interval(replicates, conf))
+
+
 def _ratio_replicates(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-replicate max/min and max/geomean across the columns of r (inf where undefined)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -192,22 +198,18 @@ def audit_pairs(
             flags.append("too_few_genuine_pairs")
         else:
             fnmr = n_fnm / n_g
+            fnmr_ci = _interval(n_fnm, n_g, reps.fnmr[:, g], conf)
             if n_fnm == 0:
                 flags.append("zero_false_non_matches")
-                fnmr_ci = [0.0, 3.0 / n_g]
-            else:
-                fnmr_ci = _ci(percentile_interval(reps.fnmr[:, g], conf))
         fmr = fmr_ci = t_target = None
         if n_i < min_imp:
             flags.append("too_few_impostor_pairs")
         else:
             fmr = n_fm / n_i
             t_target = threshold_for_fmr(i_scores, target_fmr)
+            fmr_ci = _interval(n_fm, n_i, reps.fmr[:, g], conf)
             if n_fm == 0:
                 flags.append("zero_false_matches")
-                fmr_ci = [0.0, 3.0 / n_i]
-            else:
-                fmr_ci = _ci(percentile_interval(reps.fmr[:, g], conf))
         fnmr_point[name], fmr_point[name] = fnmr, fmr
         groups[name] = {
             "fnmr": _num(fnmr),
@@ -259,7 +261,7 @@ def audit_pairs(
                 continue
             errs = int(np.sum(false_match[sel]))
             row.append(errs / n)
-            row_ci.append([0.0, 3.0 / n] if errs == 0 else _ci(percentile_interval(reps.cross_fmr[:, g, h], conf)))
+            row_ci.append(_interval(errs, n, reps.cross_fmr[:, g, h], conf))
         cross_fmr.append(row)
         cross_ci.append(row_ci)
         cross_n.append(row_n)
@@ -294,14 +296,9 @@ def _overall(
     cell's possible pairs; intervals from the same identity bootstrap ([0, 3/N] when nothing failed)."""
     n_fnm, n_fm = int(np.sum(gen < t)), int(np.sum(false_match))
     fnmr = n_fnm / gen.size if gen.size else None
-    if fnmr is None:
-        fnmr_ci = None
-    elif n_fnm == 0:
-        fnmr_ci = [0.0, 3.0 / gen.size]
-    else:
-        fnmr_ci = _ci(percentile_interval(reps.overall_fnmr, conf))
+    fnmr_ci = _interval(n_fnm, gen.size, reps.overall_fnmr, conf) if gen.size else None
     fmr = float(np.sum(weights * false_match) / np.sum(weights))
-    fmr_ci = [0.0, 3.0 / false_match.size] if n_fm == 0 else _ci(percentile_interval(reps.overall_fmr, conf))
+    fmr_ci = _interval(n_fm, false_match.size, reps.overall_fmr, conf)
     return {
         "fnmr": _num(fnmr),
         "fnmr_ci": fnmr_ci,
