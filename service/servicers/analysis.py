@@ -163,8 +163,8 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         if not (max_weight_ratio == 0 or max_weight_ratio >= 1):
             raise InvalidInput("max_weight_ratio must be 0 (no cap) or >= 1")
         max_weight_ratio = None if max_weight_ratio == 0 else max_weight_ratio
-        params = {
-            "dataset": source,
+        # One set of options: recorded with the job and passed to the run.
+        options = {
             "method": method,
             "alpha": alpha,
             "latent_dim": latent_dim,
@@ -174,19 +174,9 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         }
 
         def analyse(dataset, progress, should_stop):
-            return run_analysis(
-                dataset,
-                method=method,
-                alpha=alpha,
-                latent_dim=latent_dim,
-                n_vaes=n_vaes,
-                max_weight_ratio=max_weight_ratio,
-                seed=request.seed,
-                progress=progress,
-                should_stop=should_stop,
-            )
+            return run_analysis(dataset, **options, progress=progress, should_stop=should_stop)
 
-        return self._submit("analysis", params, self._dataset_job(source, analyse))
+        return self._submit("analysis", {"dataset": source, **options}, self._dataset_job(source, analyse))
 
     def StartAudit(self, request: analysis_pb2.StartAuditRequest, context: grpc.ServicerContext) -> analysis_pb2.Job:
         from embeddings.audit import run_audit
@@ -209,26 +199,11 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             if analysis.kind != "analysis" or analysis.state != JobState.DONE:
                 raise InvalidInput(f"job {analysis.id} is not a finished analysis ({analysis.kind}, {analysis.state})")
             analysis_dir = self._jobs.jobs_dir / analysis.id
-        params = {
-            "dataset": source,
-            "group_by": group_by,
-            "target_fmr": target_fmr,
-            "threshold": threshold,
-            "analysis_job_id": request.analysis_job_id or None,
-            "seed": request.seed,
-        }
+        options = {"group_by": group_by, "target_fmr": target_fmr, "threshold": threshold, "seed": request.seed}
+        params = {"dataset": source, **options, "analysis_job_id": request.analysis_job_id or None}
 
         def audit(dataset, progress, should_stop):
-            return run_audit(
-                dataset,
-                group_by=group_by,
-                target_fmr=target_fmr,
-                threshold=threshold,
-                analysis_dir=analysis_dir,
-                seed=request.seed,
-                progress=progress,
-                should_stop=should_stop,
-            )
+            return run_audit(dataset, **options, analysis_dir=analysis_dir, progress=progress, should_stop=should_stop)
 
         return self._submit("audit", params, self._dataset_job(source, audit))
 
