@@ -96,6 +96,8 @@ CREATE TABLE IF NOT EXISTS enroll_requests (
 
 _SELECT_COLLECTION = "SELECT name, threshold, model_id, dim, incarnation, created, settings FROM collections"
 
+_SELECT_SUBJECTS = "SELECT subject_id, display_name, metadata, groups, created FROM subjects WHERE collection = ?"
+
 _SubjectInfo = tuple[str | None, dict[str, Any] | None, dict[str, Any] | None]  # name, metadata, groups
 
 
@@ -480,62 +482,30 @@ class GalleryStore:
 
     # ------------------------------------------------------------------ reads
     def get_subject(self, collection: str, subject_id: str) -> SubjectRecord:
-        self.get_collection(collection)
-        rows = self._read(
-            "SELECT display_name, metadata, groups, created FROM subjects"
-            " WHERE collection = ? AND subject_id = ?",
-            (collection, subject_id),
-        )
-        if not rows:
-            raise SubjectNotFound(f"subject {subject_id!r} not found in collection {collection!r}")
-        name, meta, groups, created = rows[0]
-        ids = self._read(
-            "SELECT face_id FROM faces WHERE collection = ? AND subject_id = ? ORDER BY face_id",
-            (collection, subject_id),
-        )
-        return SubjectRecord(
-            collection,
-            subject_id,
-            name,
-            json.loads(meta),
-            json.loads(groups),
-            created,
-            tuple(r[0] for r in ids),
-        )
+        def read(c: sqlite3.Connection) -> list[SubjectRecord]:
+            _require_collection(c, collection)
+            rows = c.execute(_SELECT_SUBJECTS + " AND subject_id = ?", (collection, subject_id)).fetchall()
+            if not rows:
+                raise SubjectNotFound(f"subject {subject_id!r} not found in collection {collection!r}")
+            return _with_faces(c, collection, rows)
+
+        return self._read_many(read)[0]
 
     def list_subjects(self, collection: str, *, after: str | None, limit: int) -> list[SubjectRecord]:
         """Subjects ordered by id, strictly after ``after`` (keyset paging, stable under writes).
 
         Two queries (the page, then its faces) seen as one state, so a subject deleted meanwhile can
         neither fail the page nor appear without its faces."""
-        columns = "SELECT subject_id, display_name, metadata, groups, created FROM subjects WHERE collection = ?"
 
-        def page(c: sqlite3.Connection) -> tuple[list[tuple], list[tuple]]:
-            if c.execute("SELECT 1 FROM collections WHERE name = ?", (collection,)).fetchone() is None:
-                raise CollectionNotFound(f"collection {collection!r} not found")
+        def read(c: sqlite3.Connection) -> list[SubjectRecord]:
+            _require_collection(c, collection)
             if after is None:
-                rows = c.execute(columns + " ORDER BY subject_id LIMIT ?", (collection, int(limit))).fetchall()
+                sql, args = _SELECT_SUBJECTS + " ORDER BY subject_id LIMIT ?", (collection, int(limit))
             else:
-                rows = c.execute(
-                    columns + " AND subject_id > ? ORDER BY subject_id LIMIT ?", (collection, after, int(limit))
-                ).fetchall()
-            if not rows:
-                return rows, []
-            faces = c.execute(
-                "SELECT subject_id, face_id FROM faces WHERE collection = ? AND subject_id BETWEEN ? AND ?"
-                " ORDER BY face_id",
-                (collection, rows[0][0], rows[-1][0]),
-            ).fetchall()
-            return rows, faces
+                sql, args = _SELECT_SUBJECTS + " AND subject_id > ? ORDER BY subject_id LIMIT ?", (collection, after, int(limit))
+            return _with_faces(c, collection, c.execute(sql, args).fetchall())
 
-        rows, faces = self._read_many(page)
-        face_ids: dict[str, list[int]] = {}
-        for subject_id, face_id in faces:
-            face_ids.setdefault(subject_id, []).append(face_id)
-        return [
-            SubjectRecord(collection, sid, name, json.loads(meta), json.loads(groups), created, tuple(face_ids.get(sid, ())))
-            for sid, name, meta, groups, created in rows
-        ]
+        return self._read_many(read)
 
     def subject_vectors(self, collection: str, subject_id: str) -> tuple[np.ndarray, np.ndarray, str | None]:
         """(face ids int64 (n,), vectors float32 (n, D), model id) of one subject."""
@@ -628,3 +598,25 @@ class GalleryStore:
         """Drop log rows a durable snapshot already covers."""
         with self._tx() as c:
             c.execute("DELETE FROM changes WHERE collection = ? AND seq <= ?", (collection, int(upto_seq)))
+
+
+def _require_collection(c: sqlite3.Connection, name: str) -> None:
+    if c.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone() is None:
+        raise CollectionNotFound(f"collection {name!r} not found")
+
+
+def _with_faces(c: sqlite3.Connection, collection: str, rows: list[tuple]) -> list[SubjectRecord]:
+    """Subject records for ``rows`` (of :data:`_SELECT_SUBJECTS`, ordered by id) with their face ids,
+    read in one query over the rows' id range."""
+    if not rows:
+        return []
+    face_ids: dict[str, list[int]] = {}
+    for subject_id, face_id in c.execute(
+        "SELECT subject_id, face_id FROM faces WHERE collection = ? AND subject_id BETWEEN ? AND ? ORDER BY face_id",
+        (collection, rows[0][0], rows[-1][0]),
+    ):
+        face_ids.setdefault(subject_id, []).append(face_id)
+    return [
+        SubjectRecord(collection, sid, name, json.loads(meta), json.loads(groups), created, tuple(face_ids.get(sid, ())))
+        for sid, name, meta, groups, created in rows
+    ]
