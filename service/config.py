@@ -41,6 +41,14 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     max_workers: int = 16
+    # Long-lived streams (Health/Watch, reflection, WatchJob) open at once, in total and per client
+    # address; beyond them a stream ends at once with RESOURCE_EXHAUSTED (see service/admission.py).
+    max_streams: int = 8
+    max_streams_per_peer: int = 2
+    # Work per request: images in one Enroll (or one EnrollStream message), and the deadline applied
+    # to image calls whose client set none (None: no default).
+    max_images_per_request: int = 16
+    default_deadline_s: float | None = 60.0
     max_message_bytes: int = 32 * 1024 * 1024
     grace_s: float = 10.0
     auth: bool = True
@@ -59,6 +67,12 @@ class ServerConfig:
             raise InvalidInput(f"server.port must be in 0..65535, got {self.port}")
         if self.max_workers < 1:
             raise InvalidInput("server.max_workers must be >= 1")
+        if self.max_streams < 1 or self.max_streams_per_peer < 1:
+            raise InvalidInput("server.max_streams and server.max_streams_per_peer must be >= 1")
+        if self.max_images_per_request < 1:
+            raise InvalidInput("server.max_images_per_request must be >= 1")
+        if self.default_deadline_s is not None and not self.default_deadline_s > 0:
+            raise InvalidInput("server.default_deadline_s must be > 0 (or none)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInput("server.tls_cert and server.tls_key must be given together")
         if self.tls_client_ca is not None and self.tls_cert is None:

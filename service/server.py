@@ -6,8 +6,10 @@ start, log the address, the weights and the data directory, then wait for SIGTER
 shut down gracefully (health NOT_SERVING, refuse new calls, drain within ``server.grace_s``,
 snapshot the index, exit 0).
 
-Interceptors, outermost first: metrics (sees every final status) → errors (one mapping of
-exceptions to status codes, request ids) → auth (binds the caller for the servicers' checks).
+Interceptors, outermost first: side pool (health and reflection run on threads of their own) →
+metrics (sees every final status) → errors (one mapping of exceptions to status codes, request
+ids) → admission (bounds long-lived streams, counts the calls shutdown waits for; see
+service/admission.py) → auth (binds the caller for the servicers' checks).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from service._generated.latentface.v1 import (
     face_pb2,
     face_pb2_grpc,
 )
+from service.admission import SIDE_SPARE, Admission, SidePoolInterceptor
 from service.auth import AuthInterceptor, KeyStore, ensure_admin_key
 from service.config import ServiceConfig
 from service.errors import ErrorInterceptor
@@ -68,6 +71,8 @@ class LatentfaceServer:
     jobs: Any = None
     keystore: Any = None
     admin_key_path: Path | None = None
+    admission: Admission | None = None
+    side_pool: futures.ThreadPoolExecutor | None = None
     _owns_engine: bool = True
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -83,7 +88,15 @@ class LatentfaceServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()  # every service NOT_SERVING, and it stays so
         self.state.shutting_down.set()  # streams stop taking new messages
-        self.grpc_server.stop(grace).wait()
+        done = self.grpc_server.stop(grace)  # new calls refused from here on
+        if self.admission is not None:
+            # Wait for the calls doing work only; open Watch/reflection/WatchJob streams would
+            # otherwise hold the exit for the whole grace period. Then cancel what is left.
+            self.admission.wait_drained(grace)
+            self.grpc_server.stop(None)
+        done.wait()
+        if self.side_pool is not None:
+            self.side_pool.shutdown(wait=False, cancel_futures=True)
         for name, close in self._closers():
             try:
                 close()
@@ -219,9 +232,20 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
             if keystore is not None
             else None
         )
+        admission = Admission(max_streams=sc.max_streams, max_streams_per_peer=sc.max_streams_per_peer)
+        side_pool = futures.ThreadPoolExecutor(
+            max_workers=sc.max_streams + SIDE_SPARE, thread_name_prefix="latentface-health"
+        )
+        parts["side_pool"] = side_pool
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=sc.max_workers, thread_name_prefix="latentface-rpc"),
-            interceptors=[metrics.interceptor(), ErrorInterceptor(), AuthInterceptor(keystore, enabled=sc.auth)],
+            interceptors=[
+                SidePoolInterceptor(side_pool),
+                metrics.interceptor(),
+                ErrorInterceptor(),
+                admission,
+                AuthInterceptor(keystore, enabled=sc.auth),
+            ],
             options=[
                 ("grpc.max_receive_message_length", sc.max_message_bytes),
                 ("grpc.max_send_message_length", sc.max_message_bytes),
@@ -247,6 +271,8 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
         for part in (parts.get("jobs"), batching, parts.get("keystore")):
             if part is not None:
                 part.close()
+        if parts.get("side_pool") is not None:
+            parts["side_pool"].shutdown(wait=False)
         if owns_engine:
             engine.gallery.close()
         raise
@@ -265,6 +291,8 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
         jobs=jobs,
         keystore=keystore,
         admin_key_path=admin_key_path,
+        admission=admission,
+        side_pool=side_pool,
         _owns_engine=owns_engine,
     )
     return lf, port
