@@ -26,6 +26,10 @@ aligned-crop Embed at 8 clients went from 2.5x to 3.4-3.7x sequential throughput
 
 A caller that gives up (its ``timeout``/``deadline`` passes) takes its rows out of the queue,
 so no work is done for an answer nobody will read.
+
+If the worker thread itself dies (a bug, not an error of the batch function, which goes to the
+batch's callers), every waiting caller gets Unavailable at once instead of hanging, later calls
+are refused, and the worker's ``on_failure`` callbacks run (the server goes NOT_SERVING).
 """
 
 from __future__ import annotations
@@ -97,6 +101,9 @@ class BatchWorker:
         # When the worker last finished a batch: waits are counted from then, not from the oldest
         # chunk's arrival, or chunks that queued during a long batch would never wait for anybody.
         self._free_since = time.monotonic()
+        self._running: list[_Chunk] = []  # the batch being run, failed too if the thread dies
+        self.failure: BaseException | None = None
+        self._on_failure: list[Callable[[BaseException], None]] = []
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -133,6 +140,35 @@ class BatchWorker:
     def closed(self) -> bool:
         return self._closed
 
+    def on_failure(self, callback: Callable[[BaseException], None]) -> None:
+        """Call ``callback(exc)`` if the worker thread dies (at once if it already has)."""
+        with self._cv:
+            if self.failure is None:
+                self._on_failure.append(callback)
+                return
+        callback(self.failure)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The worker thread is dying: hand every waiting caller an error and refuse new ones."""
+        log.critical("the batch worker thread died; image calls are refused from now on", exc_info=exc)
+        with self._cv:
+            self.failure = exc
+            self._closed = True
+            dropped = [*self._running, *(chunk for b in self._batchers for chunk in b._pending)]
+            for b in self._batchers:
+                b._pending.clear()
+            callbacks = list(self._on_failure)
+            self._cv.notify_all()
+        error = Unavailable(f"the batch worker failed ({type(exc).__name__}); the server must be restarted")
+        for chunk in dropped:
+            if not chunk.future.done():
+                chunk.future.set_exception(error)
+        for callback in callbacks:
+            try:
+                callback(exc)
+            except Exception:  # noqa: BLE001 - every callback gets its turn
+                log.exception("batch worker failure callback failed")
+
     def _add(self, batcher: DynamicBatcher) -> None:
         with self._cv:
             self._batchers.append(batcher)
@@ -167,11 +203,16 @@ class BatchWorker:
             return None
 
     def _run(self) -> None:
-        while (picked := self._next_batch()) is not None:
-            batcher, batch = picked
-            batcher._execute(batch)
-            with self._cv:
-                self._free_since = time.monotonic()
+        try:
+            while (picked := self._next_batch()) is not None:
+                batcher, batch = picked
+                self._running = batch
+                batcher._execute(batch)
+                with self._cv:
+                    self._running = []
+                    self._free_since = time.monotonic()
+        except BaseException as exc:  # noqa: BLE001 - nobody may be left waiting on a dead thread
+            self._fail(exc)
 
 
 class DynamicBatcher:
@@ -231,6 +272,8 @@ class DynamicBatcher:
         starts = range(0, len(crops), self.max_batch_size)
         chunks = [_Chunk(crops[i : i + self.max_batch_size], now, leads=i == 0) for i in starts]
         with self._cv:
+            if self._worker.failure is not None:
+                raise Unavailable(f"the {self.name} batcher's worker failed; the server must be restarted")
             if self._closed or self._worker.closed:
                 raise Unavailable(f"the {self.name} batcher is closed (server shutting down)")
             self._pending.extend(chunks)

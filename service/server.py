@@ -78,8 +78,10 @@ class LatentfaceServer:
 
     def start(self) -> None:
         self.grpc_server.start()
-        for name in ("", *SERVICE_NAMES[:3]):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
+        if self.batch_worker is not None and self.batch_worker.failure is not None:
+            # It died before or while we said SERVING (its callback may have run first).
+            _set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, let running ones finish within ``grace`` s, flush."""
@@ -263,6 +265,9 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
         for name in ("", *SERVICE_NAMES[:3]):
             health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)  # SERVING once started
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if batching is not None:
+            # Without its batch worker no image call can be served: say so to probes and load balancers.
+            batching.worker.on_failure(lambda _exc: _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING))
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         port = _bind(server, config)
         metrics.faces_source(_faces_per_collection(engine))
@@ -296,6 +301,11 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
         _owns_engine=owns_engine,
     )
     return lf, port
+
+
+def _set_health(servicer: health.HealthServicer, status: Any) -> None:
+    for name in ("", *SERVICE_NAMES[:3]):
+        servicer.set(name, status)
 
 
 def _bind(server: grpc.Server, config: ServiceConfig) -> int:

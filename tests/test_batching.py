@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
 from embeddings.errors import DeadlineExceeded, Unavailable
-from service.batching import DynamicBatcher
+from service.batching import BatchWorker, DynamicBatcher
 
 W = np.random.default_rng(7).standard_normal((12, 5)).astype(np.float32)
 
@@ -266,3 +267,53 @@ def test_callers_that_come_back_rejoin_one_full_batch():
     assert sum(sizes) == 48
     # The first batches catch the clients mid-start and the last ones as they finish; the rest are full.
     assert np.median(sizes) == 8, sizes
+
+
+class _BrokenRows(Sequence):
+    """Results of the right length that cannot be sliced: a bug that kills the worker thread itself."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, item):
+        raise RuntimeError("bug in the worker's result handling")
+
+
+def test_worker_thread_death_reaches_every_waiter_and_refuses_new_calls():
+    worker = BatchWorker()
+    failures: list[BaseException] = []
+    worker.on_failure(failures.append)
+    slow = Recorder(delay=0.3)
+    good = DynamicBatcher(slow, max_batch_size=4, max_wait_ms=0, worker=worker, name="good")
+    bad = DynamicBatcher(lambda rows: _BrokenRows(len(rows)), max_batch_size=4, max_wait_ms=0, worker=worker, name="bad")
+    outcomes: dict[str, object] = {}
+
+    def call(name: str, batcher: DynamicBatcher, i: int) -> None:
+        try:
+            outcomes[name] = batcher.encode(crops_for(i, 1))  # no deadline: before the fix this waited forever
+        except BaseException as exc:  # noqa: BLE001 - asserted on
+            outcomes[name] = exc
+
+    first = threading.Thread(target=call, args=("first", good, 0))
+    first.start()
+    time.sleep(0.1)  # the worker is busy with "first"; these two queue behind it
+    threads = [threading.Thread(target=call, args=(n, b, i)) for i, (n, b) in enumerate([("bad", bad), ("queued", good)], 1)]
+    for t in threads:
+        t.start()
+    for t in (first, *threads):
+        t.join(10)
+        assert not t.is_alive(), "a caller was left waiting on a dead worker"
+    assert isinstance(outcomes["first"], np.ndarray)  # run before the death, answered normally
+    assert isinstance(outcomes["bad"], Unavailable)
+    assert isinstance(outcomes["queued"], Unavailable)
+    assert "batch worker failed (RuntimeError)" in str(outcomes["bad"])
+    assert [type(e) for e in failures] == [RuntimeError]
+    with pytest.raises(Unavailable, match="worker failed"):
+        good.encode(crops_for(9, 1))
+    late: list[BaseException] = []
+    worker.on_failure(late.append)  # registered after the death: called at once
+    assert [type(e) for e in late] == [RuntimeError]
+    worker.close()

@@ -1,4 +1,5 @@
-"""Issue #10 item 9: key-less Health/Watch streams cannot starve the API or hold the shutdown.
+"""Issue #10 items 9 and 15: key-less Health/Watch streams cannot starve the API or hold the shutdown;
+a dead batch worker turns health NOT_SERVING and fails image calls instead of hanging them.
 
 A real server (random seeded weights, real MTCNN, FAISS, SQLite) on port 0, 16 Watch streams
 opened without a key, as the outside client did (16 = the API's worker threads).
@@ -6,14 +7,20 @@ opened without a key, as the outside client did (16 = the API's worker threads).
 
 from __future__ import annotations
 
+import io
 import threading
 import time
+from collections.abc import Sequence
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 
+from embeddings.errors import Unavailable
 from service.admission import Admission, peer_host
+from service.batching import DynamicBatcher
 from service.client import Client
 from service.config import load_config
 from service.server import create_server
@@ -159,3 +166,42 @@ def test_wait_drained_returns_false_on_timeout_and_true_when_idle():
     assert 0.15 < time.perf_counter() - start < 1.0
     threading.Timer(0.1, a._leave_work).start()
     assert a.wait_drained(2.0) is True
+
+
+class _BrokenRows(Sequence):
+    """Results that cannot be sliced: a bug that kills the batch worker thread itself."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, item):
+        raise RuntimeError("bug in the worker")
+
+
+def test_batch_worker_death_turns_health_not_serving_and_image_calls_unavailable(tmp_path, astronaut):
+    """Issue #10 item 15: before, callers without a deadline hung forever and health stayed SERVING."""
+    srv, port = create_server(_config(tmp_path / "dying"))
+    srv.start()
+    try:
+        key = srv.admin_key_path.read_text().strip()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            health_stub = health_pb2_grpc.HealthStub(ch)
+            assert health_stub.Check(health_pb2.HealthCheckRequest(service="")).status == SERVING
+            # A batcher on the server's own worker thread whose results break the worker.
+            bad = DynamicBatcher(lambda rows: _BrokenRows(len(rows)), max_batch_size=1, max_wait_ms=0, worker=srv.batch_worker)
+            with pytest.raises(Unavailable):
+                bad.encode(np.zeros((1, 3), np.float32))
+            for name in ("", "latentface.v1.FaceService"):
+                assert health_stub.Check(health_pb2.HealthCheckRequest(service=name)).status == NOT_SERVING
+        buf = io.BytesIO()
+        Image.fromarray(astronaut).save(buf, format="JPEG")
+        with Client(f"127.0.0.1:{port}", key) as client:
+            start = time.perf_counter()
+            with pytest.raises(Unavailable, match="worker failed"):
+                client.embed(buf.getvalue())  # no deadline: must not hang
+            assert time.perf_counter() - start < 5.0
+    finally:
+        srv.stop(2.0)
