@@ -5,19 +5,21 @@ the matching rules, so adapters only convert requests and responses. Enrollment 
 embeds and checks EVERY image first and stores nothing if any fails; verification reports the
 quality verdicts without enforcing them. Every decision carries score, threshold and model id.
 Image calls take ``deadline`` (a ``time.monotonic()`` instant, see ``embeddings.pipeline``): work
-stops between stages once it passes, and an enrollment past it stores nothing.
+stops between stages once it passes, and an enrollment past it stores nothing. ``enroll`` also
+takes ``cancelled``, a plain callable (the service passes "the client went away"), checked the
+same way, so a cancelled enrollment stores nothing either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from embeddings import match
-from embeddings.errors import InvalidInput, Unavailable
+from embeddings.errors import Cancelled, InvalidInput, Unavailable
 from embeddings.gallery import CollectionStats, Gallery
 from embeddings.match import CalibrationResult
 from embeddings.pipeline import check_deadline
@@ -56,6 +58,11 @@ class IdentifyResult:
 
     face: DetectedFace | None
     candidates: list[Candidate]
+
+
+def _check_cancelled(cancelled: Callable[[], bool] | None, stage: str) -> None:
+    if cancelled is not None and cancelled():
+        raise Cancelled(f"the call was cancelled {stage}; nothing was stored")
 
 
 def _quality_record(face: DetectedFace | None) -> dict[str, Any] | None:
@@ -105,20 +112,25 @@ class FaceEngine:
         groups: dict[str, Any] | None = None,
         request_id: str | None = None,
         deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> EnrollResult:
         """Enroll the best face of each image.
 
         NoFaceFound / QualityRejected if any image fails, DeadlineExceeded once ``deadline`` has
-        passed before the write; then nothing is stored.
+        passed and Cancelled once ``cancelled()`` is true before the write; then nothing is stored.
         """
         if not images:
             raise InvalidInput("enroll needs at least one image")
         self.gallery.get_collection(collection)  # fail fast before the expensive part
         pipeline = self.pipeline
         # All validated first.
-        embs = [pipeline.embed_one(img, require_quality=True, deadline=deadline) for img in images]
+        embs = []
+        for i, img in enumerate(images):
+            _check_cancelled(cancelled, f"after {i} of {len(images)} images")
+            embs.append(pipeline.embed_one(img, require_quality=True, deadline=deadline))
         # Last check before the write: a caller that gave up must not find a half-known enrollment.
         check_deadline(deadline, "before storing the enrollment")
+        _check_cancelled(cancelled, "before storing the enrollment")
         return self.gallery.enroll(
             collection,
             subject_id,
