@@ -12,8 +12,11 @@ same way, so a cancelled enrollment stores nothing either.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,10 +57,11 @@ class VerifyResult:
 
 @dataclass(frozen=True)
 class IdentifyResult:
-    """The probe face and the top subjects found for it."""
+    """The probe face, the top subjects found for it and the threshold their ``is_match`` was decided with."""
 
     face: DetectedFace | None
     candidates: list[Candidate]
+    threshold: float
 
 
 def _check_cancelled(cancelled: Callable[[], bool] | None, stage: str) -> None:
@@ -69,6 +73,24 @@ def _quality_record(face: DetectedFace | None) -> dict[str, Any] | None:
     if face is None:
         return None
     return {"reasons": list(face.quality.reasons), "probability": face.probability, "box": list(face.box)}
+
+
+def _images_digest(images: Sequence[Any]) -> str:
+    """sha256 over the images as given (encoded bytes, arrays or paths), for request-id replays."""
+    h = hashlib.sha256()
+    for img in images:
+        if isinstance(img, (bytes, bytearray, memoryview)):
+            data = bytes(img)
+        elif isinstance(img, (str, os.PathLike)):
+            try:
+                data = Path(img).read_bytes()
+            except OSError:
+                data = os.fsencode(img)  # the pipeline has reported the unreadable file by now
+        else:
+            a = np.ascontiguousarray(np.asarray(img))
+            data = f"{a.dtype.str}{a.shape}".encode() + a.tobytes()
+        h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()
 
 
 class FaceEngine:
@@ -141,6 +163,9 @@ class FaceEngine:
             metadata=metadata,
             groups=groups,
             request_id=request_id,
+            # A retry re-sends the same bytes; the embeddings of them need not be bit-identical
+            # (batch composition changes the arithmetic), so the replay check hashes the bytes.
+            content_digest=_images_digest(images) if request_id is not None else None,
         )
 
     def verify_images(
@@ -183,8 +208,8 @@ class FaceEngine:
         deadline: float | None = None,
     ) -> IdentifyResult:
         e = self.pipeline.embed_one(image, require_quality=False, deadline=deadline)
-        found = match.identify(self.gallery, collection, e, e.model_id, k=k, threshold=threshold)
-        return IdentifyResult(e.face, found)
+        found, used = match.identify_at(self.gallery, collection, e, e.model_id, k=k, threshold=threshold)
+        return IdentifyResult(e.face, found, used)
 
     # ------------------------------------------------------------------ embeddings
     def enroll_embeddings(

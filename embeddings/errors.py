@@ -19,11 +19,13 @@ ever catch these. The service layer maps each branch to one gRPC status code
     │   ├── FaceNotFound
     │   └── JobNotFound
     ├── AlreadyExists                duplicate create                  → ALREADY_EXISTS
+    │   └── RequestIdReused          a request id replayed with a different request
     ├── LimitExceeded                over a configured limit           → RESOURCE_EXHAUSTED
     │   └── ImageTooLarge            encoded bytes or pixel count over the limit
     ├── Unavailable                  cannot serve right now            → UNAVAILABLE
     │   ├── WeightsUnavailable       encoder checkpoint missing (says which file to put where)
-    │   └── IndexNotReady            index still loading / rebuilding
+    │   ├── IndexNotReady            index still loading / rebuilding
+    │   └── DataDirLocked            another process holds the data directory
     ├── AuthError
     │   ├── Unauthenticated          missing / unknown / revoked key   → UNAUTHENTICATED
     │   └── PermissionDenied         key lacks the role or collection  → PERMISSION_DENIED
@@ -47,6 +49,7 @@ __all__ = [
     "AuthError",
     "Cancelled",
     "CollectionNotFound",
+    "DataDirLocked",
     "DeadlineExceeded",
     "FaceNotFound",
     "ImageTooLarge",
@@ -63,6 +66,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "QualityRejected",
+    "RequestIdReused",
     "StorageError",
     "SubjectNotFound",
     "Unauthenticated",
@@ -127,6 +131,10 @@ class AlreadyExists(LatentfaceError):
     """An entity with that name or id already exists."""
 
 
+class RequestIdReused(AlreadyExists):
+    """A request id already names an enrollment that differs from this request (its subject or data)."""
+
+
 class LimitExceeded(LatentfaceError):
     """A configured limit (size, count, rate) was exceeded."""
 
@@ -145,6 +153,10 @@ class WeightsUnavailable(Unavailable):
 
 class IndexNotReady(Unavailable):
     """The vector index is loading or rebuilding."""
+
+
+class DataDirLocked(Unavailable):
+    """Another process holds the data directory; the message names it (pid and command)."""
 
 
 class AuthError(LatentfaceError):

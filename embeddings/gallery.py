@@ -2,9 +2,21 @@
 
 Every write commits to the store first and only then touches the index, under a per-collection
 lock so the index applies a collection's changes in log order. On open, each collection loads
-its index snapshot (if its ``incarnation`` matches) and replays the store's change log after
-the snapshot's sequence number; without a usable snapshot the index is rebuilt from the faces
-table. A crash therefore costs a replay, never data.
+its index snapshot and replays the store's change log after the snapshot's sequence number;
+a snapshot that is missing, unreadable, of another collection, older than the truncated log or
+not agreeing with the store's face count is dropped and the index rebuilt from the faces table.
+A crash therefore costs a replay, never data.
+
+Snapshot files are named by the collection's ``incarnation`` (random hex, made at create), never
+by its name, so no name can make a path too long or clash with a deleted namesake's file.
+
+An index change that fails after its store commit (out of memory, a FAISS error) does not fail the
+call: the data is stored, so the caller gets its result. The collection is marked dirty and
+repaired from the change log (at once, else before the next search or write; searches that cannot
+repair it get :class:`IndexNotReady`), and no snapshot is written while it is dirty.
+
+The data directory is locked for the gallery's life (:mod:`embeddings.datadir`): a second process
+gets :class:`DataDirLocked`.
 
 Vectors passed in must be finite and of the collection's dimension; they are L2-normalised on
 the way in (a zero vector is refused), so stored vectors and scores are always unit cosines.
@@ -17,18 +29,31 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import logging
+import os
 import queue
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from embeddings import names
 from embeddings.config import GalleryConfig
-from embeddings.errors import CollectionNotFound, InvalidInput, LatentfaceError, StorageError
+from embeddings.datadir import DataDirLock, private_dir
+from embeddings.errors import (
+    CollectionNotFound,
+    FaceNotFound,
+    IndexNotReady,
+    InvalidInput,
+    LatentfaceError,
+    StorageError,
+)
 from embeddings.index import VectorIndex
 from embeddings.store import (
     CollectionRecord,
@@ -42,6 +67,8 @@ __all__ = ["CollectionStats", "EnrollResult", "Gallery", "SearchHit", "SubjectRe
 log = logging.getLogger(__name__)
 
 _MAX_PAGE = 1000
+_SNAPSHOT_SUFFIX = ".lfidx"
+_INCARNATION = re.compile(r"[0-9a-f]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +120,9 @@ class _Collection:
         self.snapshot_lock = threading.Lock()
         self.index: VectorIndex | None = None
         self.unsnapshotted = 0
+        # An index change failed after its commit: the index lacks changes after ``repair_from``.
+        self.dirty = False
+        self.repair_from = 0
 
 
 class Gallery:
@@ -100,9 +130,17 @@ class Gallery:
 
     SNAPSHOT_DIR = "index"
 
-    def __init__(self, config: GalleryConfig, store: GalleryStore, *, background: bool = True) -> None:
+    def __init__(
+        self,
+        config: GalleryConfig,
+        store: GalleryStore,
+        *,
+        background: bool = True,
+        dir_lock: DataDirLock | None = None,
+    ) -> None:
         self.config = config
         self._store = store
+        self._dir_lock = dir_lock
         self._lock = threading.Lock()
         self._colls: dict[str, _Collection] = {}
         self._snap_dir = Path(config.data_dir) / self.SNAPSHOT_DIR
@@ -123,51 +161,93 @@ class Gallery:
         only when :meth:`build_index` / :meth:`snapshot` are called (tests, benchmarks).
         """
         data_dir = Path(config.data_dir)
+        private_dir(data_dir)
+        lock = DataDirLock(data_dir)  # before anything is read or written
         try:
-            (data_dir / cls.SNAPSHOT_DIR).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create data dir {data_dir}: {exc}") from exc
-        store = GalleryStore(data_dir / "gallery.sqlite3")
-        gallery = cls(config, store, background=background)
+            private_dir(data_dir / cls.SNAPSHOT_DIR)
+            store = GalleryStore(data_dir / "gallery.sqlite3")
+        except BaseException:
+            lock.release()
+            raise
+        gallery = cls(config, store, background=background, dir_lock=lock)
         try:
-            for rec in store.list_collections():
+            records = store.list_collections()
+            for rec in records:
                 state = _Collection(rec)
                 if rec.dim is not None:
                     state.index = gallery._load_index(rec)
                     if state.index.needs_build():
                         gallery._schedule("build", rec.name)
                 gallery._colls[rec.name] = state
+            gallery._remove_stray_snapshots({gallery._snapshot_path(r).name for r in records})
         except BaseException:
             gallery.close(snapshot=False)
             raise
         return gallery
 
-    def _snapshot_path(self, name: str) -> Path:
-        return self._snap_dir / (binascii.hexlify(name.encode()).decode() + ".lfidx")
+    def _snapshot_path(self, rec: CollectionRecord) -> Path:
+        if not _INCARNATION.fullmatch(rec.incarnation):
+            raise StorageError("collection incarnation is not a hex id")  # never a path made of stored text
+        return self._snap_dir / (rec.incarnation + _SNAPSHOT_SUFFIX)
+
+    def _remove_stray_snapshots(self, keep: set[str]) -> None:
+        """Delete snapshots of deleted collections, older versions' name-derived files and temp files."""
+        try:
+            entries = list(os.scandir(self._snap_dir))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name not in keep and (entry.name.endswith(_SNAPSHOT_SUFFIX) or ".lfidx.tmp-" in entry.name):
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    log.warning("cannot remove stray index file %s", entry.path)
 
     def _load_index(self, rec: CollectionRecord) -> VectorIndex:
         assert rec.dim is not None
-        path = self._snapshot_path(rec.name)
         index: VectorIndex | None = None
-        if path.exists():
-            try:
-                index, meta = VectorIndex.load(path, self.config.index)
-                if meta.get("incarnation") != rec.incarnation or index.dim != rec.dim:
-                    index = None  # a snapshot of an older collection of the same name
-            except StorageError:
-                log.warning("index snapshot %s unreadable; rebuilding from the store", path, exc_info=True)
-                index = None
+        try:
+            index = self._load_snapshot(rec)
+        except Exception:  # noqa: BLE001 - the snapshot is derived data; the store can always rebuild it
+            log.warning(
+                "index snapshot of collection %s unusable; rebuilding from the store",
+                names.shown(rec.name),
+                exc_info=True,
+            )
+            index = None
         if index is None:
             index = VectorIndex(rec.dim, self.config.index)
             seq = self._store.last_seq()  # nothing writes while we open
             for ids, vecs in self._store.iter_vectors(rec.name):
                 index.add(ids, vecs)
             index.applied_seq = seq
-            return index
+        return index
+
+    def _load_snapshot(self, rec: CollectionRecord) -> VectorIndex | None:
+        """The snapshot caught up with the log, or None when there is none or it cannot be trusted."""
+        assert rec.dim is not None
+        path = self._snapshot_path(rec)
+        if not path.is_file():
+            return None
+        index, meta = VectorIndex.load(path, self.config.index)
+        if meta.get("incarnation") != rec.incarnation or index.dim != rec.dim:
+            return None
+        if index.applied_seq < self._store.log_floor(rec.name):
+            log.warning("index snapshot %s predates the truncated change log; rebuilding", path.name)
+            return None
         added, vecs, removed, last = self._store.changes_since(rec.name, index.applied_seq)
         if len(added):
             index.add(added, vecs)
         index.remove(removed, seq=last)
+        faces = self._store.face_count(rec.name)
+        if index.ntotal != faces:
+            log.warning(
+                "index snapshot %s holds %d faces after replay, the store %d; rebuilding",
+                path.name,
+                index.ntotal,
+                faces,
+            )
+            return None
         return index
 
     def close(self, *, snapshot: bool = True) -> None:
@@ -178,14 +258,18 @@ class Gallery:
         if self._worker is not None:
             self._tasks.put(None)
             self._worker.join()
-        if snapshot:
-            for name, state in list(self._colls.items()):
-                if state.unsnapshotted and state.index is not None:
-                    try:
-                        self._snapshot_one(name, state)
-                    except LatentfaceError:
-                        log.warning("snapshot of %r at close failed", name, exc_info=True)
-        self._store.close()
+        try:
+            if snapshot:
+                for name, state in list(self._colls.items()):
+                    if state.unsnapshotted and state.index is not None:
+                        try:
+                            self._snapshot_one(name, state)
+                        except LatentfaceError:
+                            log.warning("snapshot of %s at close failed", names.shown(name), exc_info=True)
+            self._store.close()
+        finally:
+            if self._dir_lock is not None:
+                self._dir_lock.release()
 
     def __enter__(self) -> Gallery:
         return self
@@ -241,9 +325,17 @@ class Gallery:
         if state.index is None or self._colls.get(name) is not state:
             return
         with state.snapshot_lock:
-            pending = state.unsnapshotted
-            meta = {"incarnation": state.record.incarnation, "name": name}
-            seq = state.index.save(self._snapshot_path(name), meta=meta)
+            # The copy is taken with the collection's writes held off (a short copy, not the write),
+            # so it holds exactly the changes up to its seq; a dirty index is repaired first or not saved.
+            with state.write_lock:
+                if self._colls.get(name) is not state or (state.dirty and not self._try_repair(state)):
+                    return
+                index = state.index
+                if index is None:
+                    return
+                pending = state.unsnapshotted
+                copy = index.capture(meta={"incarnation": state.record.incarnation})
+            seq = copy.write(self._snapshot_path(state.record))  # outside every lock: searches and writes go on
             state.unsnapshotted = max(0, state.unsnapshotted - pending)
             self._store.truncate_changes(name, seq)
 
@@ -266,13 +358,15 @@ class Gallery:
 
     # ------------------------------------------------------------------ collections
     def _state(self, name: str) -> _Collection:
-        state = self._colls.get(name)
+        state = self._colls.get(name) if isinstance(name, str) else None
         if state is None:
+            names.check_collection(name)  # a malformed name is a bad argument, not an unknown collection
             raise CollectionNotFound(f"collection {name!r} not found")
         return state
 
     def create_collection(self, name: str, *, threshold: float | None = None) -> CollectionRecord:
-        """Create an empty collection (AlreadyExists if the name is taken)."""
+        """Create an empty collection (AlreadyExists if the name is taken; names follow :mod:`embeddings.names`)."""
+        names.check_collection(name)
         t = self.config.default_threshold if threshold is None else float(threshold)
         with self._lock:
             rec = self._store.create_collection(name, threshold=t)
@@ -289,11 +383,13 @@ class Gallery:
     def delete_collection(self, name: str) -> None:
         """Delete a collection with all its subjects, faces, log rows and its index snapshot."""
         state = self._state(name)
-        with state.write_lock:
+        # snapshot_lock first (the order _snapshot_one takes them): a snapshot being written must not
+        # land after the unlink.
+        with state.snapshot_lock, state.write_lock:
             self._store.delete_collection(name)
             with self._lock:
                 self._colls.pop(name, None)
-            self._snapshot_path(name).unlink(missing_ok=True)
+            self._snapshot_path(state.record).unlink(missing_ok=True)
 
     def set_threshold(self, name: str, threshold: float) -> None:
         state = self._state(name)
@@ -335,16 +431,35 @@ class Gallery:
         metadata: dict[str, Any] | None = None,
         groups: dict[str, Any] | None = None,
         request_id: str | None = None,
+        content_digest: str | None = None,
     ) -> EnrollResult:
-        """Add faces to a subject (created when new). Durable on return; a repeated ``request_id`` is a no-op
-        returning the first result with ``replayed=True``."""
-        if not isinstance(subject_id, str) or not subject_id:
-            raise InvalidInput("subject_id must be a non-empty string")
+        """Add faces to a subject (created when new). Durable on return.
+
+        A ``request_id`` makes a retry safe: repeating the same request returns the first result with
+        ``replayed=True`` and stores nothing; the same id with a different request (subject, data,
+        model or descriptive fields) raises :class:`RequestIdReused`; once any face of that enrollment
+        is deleted, the id is forgotten. ``content_digest`` stands for the data in that comparison
+        (the engine passes a digest of the image bytes); by default the vectors are hashed.
+        """
+        names.check_subject_id(subject_id)
+        if request_id is not None:
+            names.check_request_id(request_id)
         if not model_id:
             raise InvalidInput("model_id must not be empty")
         state = self._state(collection)
         vecs = normalise_vectors(vectors, state.record.dim)
+        request_hash = None
+        if request_id is not None:
+            request_hash = _request_hash(
+                subject_id,
+                model_id,
+                display_name,
+                metadata,
+                groups,
+                content_digest or hashlib.sha256(vecs.tobytes()).hexdigest(),
+            )
         with state.write_lock:
+            self._repair_if_dirty(state)
             result, seq = self._store.add_faces(
                 collection,
                 [subject_id] * len(vecs),
@@ -353,9 +468,11 @@ class Gallery:
                 qualities=qualities,
                 subject_info={subject_id: (display_name, metadata, groups)},
                 request_id=request_id,
+                request_hash=request_hash,
             )
             if not result.replayed:
-                self._index_add(state, np.asarray(result.face_ids, np.int64), vecs, seq)
+                ids = np.asarray(result.face_ids, np.int64)
+                self._apply(state, lambda: self._index_add(state, ids, vecs, seq))
                 self._after_write(collection, state, len(vecs))
         return result
 
@@ -374,12 +491,15 @@ class Gallery:
         """
         state = self._state(collection)
         vecs = normalise_vectors(vectors, state.record.dim)
-        if len(subject_ids) != len(vecs) or not all(isinstance(s, str) and s for s in subject_ids):
-            raise InvalidInput("need one non-empty subject id per vector")
+        if len(subject_ids) != len(vecs):
+            raise InvalidInput("need one subject id per vector")
+        for s in set(subject_ids):
+            names.check_subject_id(s)
         with state.write_lock:
+            self._repair_if_dirty(state)
             result, seq = self._store.add_faces(collection, list(subject_ids), vecs, model_id=model_id)
             ids = np.asarray(result.face_ids, np.int64)
-            self._index_add(state, ids, vecs, seq)
+            self._apply(state, lambda: self._index_add(state, ids, vecs, seq))
             self._after_write(collection, state, len(vecs), maintain=maintain)
         return ids
 
@@ -389,10 +509,50 @@ class Gallery:
             state.index = VectorIndex(vecs.shape[1], self.config.index)
         state.index.add(ids, vecs, seq=seq)
 
+    # ------------------------------------------------------------------ index repair (write_lock held)
+    def _apply(self, state: _Collection, change: Callable[[], None]) -> None:
+        """Apply a committed change to the index; on failure mark the collection dirty and try a repair.
+
+        Never raises: the change is in the store, so the caller's answer is that it happened.
+        """
+        try:
+            change()
+        except Exception:  # noqa: BLE001 - whatever failed, the log can replay it
+            log.exception("index update of collection %s failed after commit", names.shown(state.record.name))
+            if not state.dirty:
+                state.dirty = True
+                state.repair_from = state.index.applied_seq if state.index is not None else 0
+            self._try_repair(state)
+
+    def _try_repair(self, state: _Collection) -> bool:
+        """Bring a dirty index up to the store by replaying the log after ``repair_from``; True on success."""
+        try:
+            name = state.record.name
+            if state.index is None:
+                rec = self._store.get_collection(name)
+                state.record = rec
+                if rec.dim is not None:
+                    state.index = self._load_index(rec)  # nothing of it was ever snapshotted: a rebuild
+            else:
+                added, vecs, removed, last = self._store.changes_since(name, state.repair_from)
+                if len(added):
+                    state.index.add(added, vecs)
+                state.index.remove(removed, seq=last)
+        except Exception:  # noqa: BLE001
+            log.warning("repair of the index of collection %s failed", names.shown(state.record.name), exc_info=True)
+            return False
+        state.dirty = False
+        log.info("index of collection %s repaired from the change log", names.shown(state.record.name))
+        return True
+
+    def _repair_if_dirty(self, state: _Collection) -> None:
+        if state.dirty and not self._try_repair(state):
+            raise IndexNotReady(f"the index of collection {state.record.name!r} is being repaired; retry")
+
     # ------------------------------------------------------------------ subjects and faces
     def get_subject(self, collection: str, subject_id: str) -> SubjectRecord:
         self._state(collection)
-        return self._store.get_subject(collection, subject_id)
+        return self._store.get_subject(collection, names.check_subject_id(subject_id))
 
     def list_subjects(
         self, collection: str, *, page_size: int = 100, page_token: str | None = None
@@ -417,27 +577,35 @@ class Gallery:
     def delete_subject(self, collection: str, subject_id: str) -> list[int]:
         """Delete a subject and every face of it (store and index); returns the removed face ids."""
         state = self._state(collection)
+        names.check_subject_id(subject_id)
         with state.write_lock:
+            self._repair_if_dirty(state)
             ids, seq = self._store.delete_subject(collection, subject_id)
-            if state.index is not None:
-                state.index.remove(np.asarray(ids, np.int64), seq=seq)
+            index = state.index
+            if index is not None:
+                self._apply(state, lambda: index.remove(np.asarray(ids, np.int64), seq=seq))
             self._after_write(collection, state, max(1, len(ids)))
         return ids
 
     def delete_face(self, collection: str, face_id: int) -> str:
         """Delete one face (FaceNotFound if absent); returns its subject id."""
         state = self._state(collection)
+        fid = names.face_id(face_id)
+        if fid is None:  # well-formed, but no face can have this id
+            raise FaceNotFound(f"face {names.shown(face_id)} not found in collection {collection!r}")
         with state.write_lock:
-            subject_id, seq = self._store.delete_face(collection, int(face_id))
-            if state.index is not None:
-                state.index.remove(np.asarray([face_id], np.int64), seq=seq)
+            self._repair_if_dirty(state)
+            subject_id, seq = self._store.delete_face(collection, fid)
+            index = state.index
+            if index is not None:
+                self._apply(state, lambda: index.remove(np.asarray([fid], np.int64), seq=seq))
             self._after_write(collection, state, 1)
         return subject_id
 
     def subject_vectors(self, collection: str, subject_id: str) -> tuple[np.ndarray, np.ndarray, str | None]:
         """(face ids, unit vectors (n, D), model id) of one subject."""
         self._state(collection)
-        return self._store.subject_vectors(collection, subject_id)
+        return self._store.subject_vectors(collection, names.check_subject_id(subject_id))
 
     def face_ids(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids in the store, ids in the index), both sorted: equal when the two agree."""
@@ -454,6 +622,9 @@ class Gallery:
         if k < 1:
             raise InvalidInput("k must be >= 1")
         q = normalise_vectors(vectors, state.record.dim)
+        if state.dirty:  # answer from an index that matches the store, or not at all
+            with state.write_lock:
+                self._repair_if_dirty(state)
         if state.index is None or state.index.ntotal == 0:
             return [[] for _ in range(len(q))]
         scores, ids = state.index.search(q, k)
@@ -468,3 +639,19 @@ class Gallery:
             ]
             for i in range(len(q))
         ]
+
+
+def _request_hash(
+    subject_id: str,
+    model_id: str,
+    display_name: str | None,
+    metadata: dict[str, Any] | None,
+    groups: dict[str, Any] | None,
+    content_digest: str,
+) -> str:
+    """What identifies an enrollment request, for request-id replays."""
+    try:
+        fields = json.dumps([subject_id, model_id, display_name, metadata, groups, content_digest], sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"metadata must be JSON-serialisable: {exc}") from exc
+    return hashlib.sha256(fields.encode()).hexdigest()

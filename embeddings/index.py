@@ -37,7 +37,7 @@ import numpy as np
 from embeddings.config import IndexConfig
 from embeddings.errors import InvalidInput, StorageError
 
-__all__ = ["VectorIndex", "nlist_for"]
+__all__ = ["IndexCopy", "VectorIndex", "nlist_for"]
 
 _MAGIC = b"LFIDX001"
 _ALIGN = 64
@@ -420,48 +420,34 @@ class VectorIndex:
     # ------------------------------------------------------------------ snapshots
     def save(self, path: Path, *, meta: dict[str, Any] | None = None) -> int:
         """Write a snapshot atomically (temp file, fsync, rename, fsync dir); returns the seq it covers."""
-        path = Path(path)
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}-{threading.get_ident()}")
+        return self.capture(meta=meta).write(path)
+
+    def capture(self, *, meta: dict[str, Any] | None = None) -> IndexCopy:
+        """A consistent copy of the index to write later with :meth:`IndexCopy.write`.
+
+        Taken under the read lock, but short: the ids and vectors are not copied, because rows
+        below ``_n`` of a table array are never changed in place (appends go past them; merges and
+        compactions make new arrays), so holding the arrays and the row count is a stable view.
+        Only the live bits (1 byte a row) and the serialised ANN index are copied. The long part,
+        writing and fsyncing gigabytes, then runs without the lock, so writers (and the searches
+        queued behind a waiting writer) are not held up by it.
+        """
         with self._lock.read():
-            live = self._alive[: self._n]
-            ids = self._ids[: self._n][live]
+            n = self._n
+            live = self._alive[:n].copy()
+            ann = faiss.serialize_index(self._ann) if self._ann is not None else None
             header = {
                 "dim": self.dim,
-                "n": int(len(ids)),
+                "n": int(np.count_nonzero(live)),
                 "kind": self._ann_kind,
                 "removable": self._ann_removable,
                 "tombstones": self._ann_tombstones,
                 "built_n": self._built_n,
                 "seq": self.applied_seq,
-                "has_ann": self._ann is not None,
+                "has_ann": ann is not None,
                 "meta": meta or {},
             }
-            raw = json.dumps(header).encode()
-            head_len = -(-(len(_MAGIC) + 8 + len(raw)) // _ALIGN) * _ALIGN
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(_MAGIC + struct.pack("<Q", head_len) + raw)
-                    f.write(b"\0" * (head_len - len(_MAGIC) - 8 - len(raw)))
-                    f.write(np.ascontiguousarray(ids).tobytes())
-                    pad = (-f.tell()) % _ALIGN
-                    f.write(b"\0" * pad)
-                    for s in range(0, self._n, 65536):
-                        blk = self._vecs[s : min(s + 65536, self._n)][live[s : s + 65536]]
-                        f.write(np.ascontiguousarray(blk).tobytes())
-                    if self._ann is not None:
-                        faiss.write_index(self._ann, faiss.PyCallbackIOWriter(f.write))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-                dfd = os.open(path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-            except (OSError, RuntimeError) as exc:
-                tmp.unlink(missing_ok=True)
-                raise StorageError(f"writing index snapshot {path} failed: {exc}") from exc
-            return int(header["seq"])
+            return IndexCopy(header, self._ids[:n], self._vecs[:n], live, ann)
 
     @classmethod
     def load(cls, path: Path, config: IndexConfig | None = None) -> tuple[VectorIndex, dict[str, Any]]:
@@ -498,3 +484,50 @@ class VectorIndex:
         except (OSError, ValueError, KeyError, RuntimeError, struct.error) as exc:
             raise StorageError(f"reading index snapshot {path} failed: {exc}") from exc
         return index, header["meta"]
+
+
+class IndexCopy:
+    """A point-in-time copy of a :class:`VectorIndex` (see :meth:`VectorIndex.capture`), written without locks."""
+
+    def __init__(
+        self, header: dict[str, Any], ids: np.ndarray, vecs: np.ndarray, live: np.ndarray, ann: np.ndarray | None
+    ) -> None:
+        self.header = header
+        self._ids, self._vecs, self._live, self._ann = ids, vecs, live, ann
+
+    @property
+    def seq(self) -> int:
+        return int(self.header["seq"])
+
+    def write(self, path: Path) -> int:
+        """Write the snapshot file atomically (temp file ``0600``, fsync, rename, fsync dir); returns its seq."""
+        path = Path(path)
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}-{threading.get_ident()}")
+        raw = json.dumps(self.header).encode()
+        head_len = -(-(len(_MAGIC) + 8 + len(raw)) // _ALIGN) * _ALIGN
+        live, n = self._live, len(self._live)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # embeddings: owner only
+            with os.fdopen(fd, "wb") as f:
+                f.write(_MAGIC + struct.pack("<Q", head_len) + raw)
+                f.write(b"\0" * (head_len - len(_MAGIC) - 8 - len(raw)))
+                f.write(np.ascontiguousarray(self._ids[live]).tobytes())
+                pad = (-f.tell()) % _ALIGN
+                f.write(b"\0" * pad)
+                for s in range(0, n, 65536):
+                    blk = self._vecs[s : min(s + 65536, n)][live[s : s + 65536]]
+                    f.write(np.ascontiguousarray(blk).tobytes())
+                if self._ann is not None:
+                    f.write(self._ann.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except (OSError, RuntimeError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"writing index snapshot {path.name} failed: {exc}") from exc
+        return self.seq

@@ -17,7 +17,7 @@ from embeddings.errors import InvalidInput, ModelMismatch
 from embeddings.gallery import Gallery, normalise_vectors
 from embeddings.types import Candidate, FaceEmbedding, MatchDecision
 
-__all__ = ["CalibrationResult", "calibrate", "cosine", "identify", "verify", "verify_subject"]
+__all__ = ["CalibrationResult", "calibrate", "cosine", "identify", "identify_at", "verify", "verify_subject"]
 
 # Faces fetched per wanted subject in identify, so that subjects with several close faces
 # still leave k distinct subjects after de-duplication.
@@ -122,6 +122,20 @@ def identify(
 ) -> list[Candidate]:
     """Top-``k`` SUBJECTS for one embedding, each with its best face; ``is_match`` against the threshold
     (the collection's when None)."""
+    return identify_at(gallery, collection, vector, model_id, k=k, threshold=threshold)[0]
+
+
+def identify_at(
+    gallery: Gallery,
+    collection: str,
+    vector: Any,
+    model_id: str,
+    *,
+    k: int = 5,
+    threshold: float | None = None,
+) -> tuple[list[Candidate], float]:
+    """:func:`identify` and the threshold its ``is_match`` flags were decided with (read once, so a
+    concurrent SetThreshold cannot make the reported threshold differ from the one used)."""
     if k < 1:
         raise InvalidInput("k must be >= 1")
     model_id = _model_of(vector, model_id) or model_id
@@ -139,7 +153,7 @@ def identify(
             break
         want *= 4  # many faces per subject near the query: look deeper
     ranked = sorted(best.items(), key=lambda kv: -kv[1][1])[:k]
-    return [Candidate(subject_id=s, face_id=str(f), score=sc, is_match=sc >= t) for s, (f, sc) in ranked]
+    return [Candidate(subject_id=s, face_id=str(f), score=sc, is_match=sc >= t) for s, (f, sc) in ranked], t
 
 
 def calibrate(scores: Any, labels: Any, *, target_fmr: float) -> CalibrationResult:

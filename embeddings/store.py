@@ -12,7 +12,12 @@ Tables::
     faces(face_id INTEGER PK AUTOINCREMENT, collection, subject_id, embedding BLOB float32,
           model_id, quality JSON, created)          -- face ids are never reused
     changes(seq INTEGER PK AUTOINCREMENT, collection, op 'add'|'remove', face_id)
-    enroll_requests(collection, request_id, result JSON, created)
+    change_floor(collection PK, seq)                -- the log was truncated up to here
+    enroll_requests(collection, request_id, result JSON, created, request_hash, first_face, last_face)
+
+A request id names one enrollment: replaying it with the same request (same ``request_hash``)
+returns the first result, with a different one raises :class:`RequestIdReused`, and deleting any
+face of that enrollment forgets the id (a replay must never return a deleted face).
 
 One connection is shared by all threads behind a lock: SQLite serialises writers anyway,
 and reads here are short point or range queries.
@@ -33,15 +38,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from embeddings.datadir import private_file
 from embeddings.errors import (
     AlreadyExists,
     CollectionNotFound,
     FaceNotFound,
     InvalidInput,
     ModelMismatch,
+    RequestIdReused,
     StorageError,
     SubjectNotFound,
 )
+from embeddings.names import check_collection, shown
 
 __all__ = ["CollectionRecord", "EnrollResult", "FaceRecord", "GalleryStore", "SubjectRecord"]
 
@@ -90,6 +98,10 @@ CREATE TABLE IF NOT EXISTS enroll_requests (
     result TEXT NOT NULL,
     created REAL NOT NULL,
     PRIMARY KEY (collection, request_id)
+);
+CREATE TABLE IF NOT EXISTS change_floor (
+    collection TEXT PRIMARY KEY REFERENCES collections(name) ON DELETE CASCADE,
+    seq INTEGER NOT NULL
 );
 """
 
@@ -158,6 +170,7 @@ class GalleryStore:
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)  # embeddings are biometric data: 0600 (the -wal/-shm files follow)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves so a transaction is exactly one call.
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -165,6 +178,7 @@ class GalleryStore:
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.execute("PRAGMA busy_timeout=10000")
             self._conn.executescript(_SCHEMA)
+            _migrate(self._conn)
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open gallery store {self.path}: {exc}") from exc
         self._closed = False
@@ -220,8 +234,7 @@ class GalleryStore:
     def create_collection(
         self, name: str, *, threshold: float, settings: dict[str, Any] | None = None
     ) -> CollectionRecord:
-        if not name or not isinstance(name, str):
-            raise InvalidInput("collection name must be a non-empty string")
+        check_collection(name)
         if not -1.0 <= threshold <= 1.0:
             raise InvalidInput("threshold must be a cosine in [-1, 1]")
         incarnation = secrets.token_hex(8)  # tells this collection's snapshots from a deleted namesake's
@@ -258,6 +271,7 @@ class GalleryStore:
             c.execute("DELETE FROM subjects WHERE collection = ?", (name,))
             c.execute("DELETE FROM changes WHERE collection = ?", (name,))
             c.execute("DELETE FROM enroll_requests WHERE collection = ?", (name,))
+            c.execute("DELETE FROM change_floor WHERE collection = ?", (name,))
             c.execute("DELETE FROM collections WHERE name = ?", (name,))
 
     def set_threshold(self, name: str, threshold: float) -> None:
@@ -286,13 +300,15 @@ class GalleryStore:
         qualities: Sequence[dict[str, Any] | None] | None = None,
         subject_info: dict[str, _SubjectInfo] | None = None,
         request_id: str | None = None,
+        request_hash: str | None = None,
     ) -> tuple[EnrollResult, int]:
         """Store faces (one subject id per row) in ONE transaction; returns (result, last change seq).
 
         ``vectors`` must already be validated float32 (N, D). Subjects are created when missing;
         ``subject_info`` maps a subject id to (display_name, metadata, groups) to set. With a
         ``request_id`` already seen in this collection, the first result is returned with
-        ``replayed=True`` and nothing is written. The returned result describes the first subject
+        ``replayed=True`` and nothing is written, if ``request_hash`` (a digest of the request) is the
+        one stored with it; otherwise :class:`RequestIdReused`. The returned result describes the first subject
         (enrollment of one subject); bulk callers use ``face_ids``, aligned with the rows.
         """
         n = len(subject_ids)
@@ -308,11 +324,18 @@ class GalleryStore:
                 raise CollectionNotFound(f"collection {collection!r} not found")
             if request_id is not None:
                 prev = c.execute(
-                    "SELECT result FROM enroll_requests WHERE collection = ? AND request_id = ?",
+                    "SELECT result, request_hash FROM enroll_requests WHERE collection = ? AND request_id = ?",
                     (collection, request_id),
                 ).fetchone()
                 if prev is not None:
                     d = json.loads(prev[0])
+                    # Rows from before request hashes were kept can only be told apart by subject.
+                    same = prev[1] == request_hash if prev[1] is not None else d["subject_id"] == subject_ids[0]
+                    if not same:
+                        raise RequestIdReused(
+                            f"request_id {shown(request_id)} was already used for a different enrollment "
+                            f"in collection {collection!r}; use a new request id"
+                        )
                     res = EnrollResult(
                         d["subject_id"], tuple(d["face_ids"]), d["created_subject"], replayed=True
                     )
@@ -409,8 +432,8 @@ class GalleryStore:
             result = EnrollResult(subject_ids[0], face_ids, subject_ids[0] not in existing)
             if request_id is not None:
                 c.execute(
-                    "INSERT INTO enroll_requests(collection, request_id, result, created)"
-                    " VALUES (?, ?, ?, ?)",
+                    "INSERT INTO enroll_requests(collection, request_id, result, created, request_hash,"
+                    " first_face, last_face) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         collection,
                         request_id,
@@ -422,6 +445,9 @@ class GalleryStore:
                             }
                         ),
                         now,
+                        request_hash,
+                        face_ids[0],
+                        face_ids[-1],
                     ),
                 )
         return result, int(seq)
@@ -473,6 +499,14 @@ class GalleryStore:
 
     @staticmethod
     def _log_removals(c: sqlite3.Connection, collection: str, ids: Sequence[int]) -> int:
+        # A request id whose enrollment lost a face is forgotten: its replay would name a deleted face.
+        # An enrollment's faces are one id range, and ranges do not overlap: the first range ending
+        # at or after ``f`` is the only one that can hold it.
+        c.executemany(
+            "DELETE FROM enroll_requests WHERE rowid = (SELECT rowid FROM enroll_requests"
+            " WHERE collection = ? AND last_face >= ? ORDER BY last_face LIMIT 1) AND first_face <= ?",
+            ((collection, f, f) for f in ids),
+        )
         c.executemany(
             "INSERT INTO changes(collection, op, face_id) VALUES (?, 'remove', ?)",
             ((collection, f) for f in ids),
@@ -508,17 +542,29 @@ class GalleryStore:
         return self._read_many(read)
 
     def subject_vectors(self, collection: str, subject_id: str) -> tuple[np.ndarray, np.ndarray, str | None]:
-        """(face ids int64 (n,), vectors float32 (n, D), model id) of one subject."""
-        coll = self.get_collection(collection)
-        if not self._read(
-            "SELECT 1 FROM subjects WHERE collection = ? AND subject_id = ?", (collection, subject_id)
-        ):
-            raise SubjectNotFound(f"subject {subject_id!r} not found in collection {collection!r}")
-        rows = self._read(
-            "SELECT face_id, embedding, model_id FROM faces WHERE collection = ? AND subject_id = ?"
-            " ORDER BY face_id",
-            (collection, subject_id),
-        )
+        """(face ids int64 (n,), vectors float32 (n, D), model id) of one subject.
+
+        One view of the store: a subject deleted meanwhile is SubjectNotFound, never "no faces"."""
+
+        def read(c: sqlite3.Connection) -> tuple[CollectionRecord, list[tuple]]:
+            coll = c.execute(_SELECT_COLLECTION + " WHERE name = ?", (collection,)).fetchone()
+            if coll is None:
+                raise CollectionNotFound(f"collection {collection!r} not found")
+            if (
+                c.execute(
+                    "SELECT 1 FROM subjects WHERE collection = ? AND subject_id = ?", (collection, subject_id)
+                ).fetchone()
+                is None
+            ):
+                raise SubjectNotFound(f"subject {subject_id!r} not found in collection {collection!r}")
+            rows = c.execute(
+                "SELECT face_id, embedding, model_id FROM faces WHERE collection = ? AND subject_id = ?"
+                " ORDER BY face_id",
+                (collection, subject_id),
+            ).fetchall()
+            return self._collection_record(coll), rows
+
+        coll, rows = self._read_many(read)
         if not rows:
             return np.empty(0, np.int64), np.empty((0, coll.dim or 0), np.float32), coll.model_id
         ids = np.array([r[0] for r in rows], dtype=np.int64)
@@ -595,9 +641,40 @@ class GalleryStore:
         return ids, vecs, np.array([r[0] for r in removed], dtype=np.int64), int(last or seq)
 
     def truncate_changes(self, collection: str, upto_seq: int) -> None:
-        """Drop log rows a durable snapshot already covers."""
+        """Drop log rows a durable snapshot already covers, and remember how far (:meth:`log_floor`)."""
         with self._tx() as c:
             c.execute("DELETE FROM changes WHERE collection = ? AND seq <= ?", (collection, int(upto_seq)))
+            c.execute(
+                "INSERT INTO change_floor(collection, seq) SELECT name, ? FROM collections WHERE name = ?"
+                " ON CONFLICT(collection) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                (int(upto_seq), collection),
+            )
+
+    def log_floor(self, collection: str) -> int:
+        """The seq up to which the collection's log was truncated: a snapshot older than this cannot be
+        caught up by replay."""
+        rows = self._read("SELECT seq FROM change_floor WHERE collection = ?", (collection,))
+        return int(rows[0][0]) if rows else 0
+
+    def face_count(self, collection: str) -> int:
+        return int(self._read("SELECT COUNT(*) FROM faces WHERE collection = ?", (collection,))[0][0])
+
+
+def _migrate(c: sqlite3.Connection) -> None:
+    """Bring a store made by an older version up to this schema (idempotent)."""
+    cols = {r[1] for r in c.execute("PRAGMA table_info(enroll_requests)")}
+    if "request_hash" not in cols:
+        c.execute("ALTER TABLE enroll_requests ADD COLUMN request_hash TEXT")
+    if "first_face" not in cols:
+        c.execute("ALTER TABLE enroll_requests ADD COLUMN first_face INTEGER")
+        c.execute("ALTER TABLE enroll_requests ADD COLUMN last_face INTEGER")
+        rows = c.execute("SELECT rowid, result FROM enroll_requests").fetchall()
+        ranges = []
+        for rowid, result in rows:
+            ids = json.loads(result)["face_ids"]
+            ranges.append((min(ids), max(ids), rowid))
+        c.executemany("UPDATE enroll_requests SET first_face = ?, last_face = ? WHERE rowid = ?", ranges)
+    c.execute("CREATE INDEX IF NOT EXISTS enroll_requests_by_face ON enroll_requests(collection, last_face)")
 
 
 def _require_collection(c: sqlite3.Connection, name: str) -> None:

@@ -55,10 +55,10 @@ def test_error_tree_is_pinned():
     from embeddings import errors
 
     assert sorted(errors.__all__) == [
-        "AlreadyExists", "AuthError", "Cancelled", "CollectionNotFound", "DeadlineExceeded", "FaceNotFound",
+        "AlreadyExists", "AuthError", "Cancelled", "CollectionNotFound", "DataDirLocked", "DeadlineExceeded", "FaceNotFound",
         "ImageTooLarge", "IndexNotReady", "InvalidDataset", "InvalidImage", "InvalidInput", "JobNotFound",
         "LatentfaceError", "LimitExceeded", "ModelMismatch", "NoFaceFound", "NotFitted", "NotFound",
-        "PermissionDenied", "QualityRejected", "StorageError", "SubjectNotFound", "Unauthenticated",
+        "PermissionDenied", "QualityRejected", "RequestIdReused", "StorageError", "SubjectNotFound", "Unauthenticated",
         "Unavailable", "WeightsUnavailable",
     ]  # fmt: skip
     for name in errors.__all__:

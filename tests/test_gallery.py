@@ -91,10 +91,10 @@ def test_idempotent_request_id_survives_reopen(tmp_path, data) -> None:
     with Gallery.open(config(tmp_path), background=False) as g:
         g.create_collection("c")
         first = g.enroll("c", "alice", vecs[:2], model_id="m", request_id="req-1", display_name="Alice")
-        again = g.enroll("c", "alice", vecs[:2], model_id="m", request_id="req-1")
+        again = g.enroll("c", "alice", vecs[:2], model_id="m", request_id="req-1", display_name="Alice")
         assert again.replayed and not first.replayed and again.face_ids == first.face_ids
     with Gallery.open(config(tmp_path), background=False) as g:
-        third = g.enroll("c", "alice", vecs[:2], model_id="m", request_id="req-1")
+        third = g.enroll("c", "alice", vecs[:2], model_id="m", request_id="req-1", display_name="Alice")
         assert third.face_ids == first.face_ids and third.replayed
         assert g.collection_stats("c").faces == 2 and g.collection_stats("c").index_ntotal == 2
         assert g.get_subject("c", "alice").display_name == "Alice"

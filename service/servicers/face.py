@@ -199,8 +199,7 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         threshold = _optional(request, "threshold")
         with self._track():
             result = self._engine.identify(request.image, collection, k=k, threshold=threshold, deadline=call_deadline(context))
-        # The engine decided is_match against this threshold: the explicit one, else the collection's.
-        used = threshold if threshold is not None else self._engine.gallery.get_collection(collection).threshold
+        used = result.threshold  # the one is_match was decided with, not a second read of the collection
         model_id = self._engine.model_id or ""
         return face_pb2.IdentifyResponse(
             face=convert.face_to_proto(result.face),
