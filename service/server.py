@@ -255,7 +255,7 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
         )
         state = ServingState()
         track = batching.worker.track if batching is not None else None
-        face_pb2_grpc.add_FaceServiceServicer_to_server(FaceServicer(engine, state=state, track=track), server)
+        face_pb2_grpc.add_FaceServiceServicer_to_server(FaceServicer(engine, state=state, track=track, limits=sc), server)
         collection_pb2_grpc.add_CollectionServiceServicer_to_server(CollectionServicer(engine), server)
         jobs, analysis = _analysis_servicer(config, engine)
         parts["jobs"] = jobs

@@ -197,3 +197,90 @@ def test_embed_past_its_deadline_is_deadline_exceeded_on_the_server(server, astr
         assert _wait_for(lambda: _server_statuses(server, "Embed", "DEADLINE_EXCEEDED") == before + 1)
         assert _server_statuses(server, "Embed", "OK") == 0
         assert server.batch_stats().items == encoded_before  # stopped before the encoder
+
+
+# -- issue #10 items 4 and 10: cancellation, a server-side default deadline, caps per request ----------
+def _companion(server, tmp_path, **server_flags):
+    """A second server over the same engine (and so the same batchers), with other server settings."""
+    flags = {"data_dir": str(tmp_path), "weights": "random", "offline": True, "server.port": 0}
+    flags.update({f"server.{k}": v for k, v in server_flags.items()})
+    srv, _port = create_server(load_config(flags, env={}), engine=server.engine)
+    srv.start()
+    return srv
+
+
+def _statuses(srv, method: str, code: str) -> float:
+    return _server_statuses(srv, method, code)
+
+
+def test_a_cancelled_enroll_stops_and_stores_nothing(server, astronaut: np.ndarray) -> None:
+    import grpc
+
+    from service._generated.latentface.v1 import face_pb2, face_pb2_grpc
+
+    key = server.admin_key_path.read_text().strip()
+    big = _jpeg(np.asarray(Image.fromarray(astronaut).resize((1600, 1600), Image.Resampling.BILINEAR)))
+    images = [big] * 12  # ~0.2 s each on two cores: the whole request takes seconds, no deadline set
+    with Client(f"127.0.0.1:{server.port}", key) as client:
+        client.create_collection("cancelled")
+    encoded_before = server.batch_stats().items
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = face_pb2_grpc.FaceServiceStub(channel)
+        request = face_pb2.EnrollRequest(collection="cancelled", subject_id="quitter", images=images)
+        call = stub.Enroll.future(request, metadata=(("authorization", f"Bearer {key}"),))
+        time.sleep(0.6)  # a few images in
+        assert call.cancel()
+    # The server saw the cancellation between images and ended the call, not after storing all 12.
+    assert _wait_for(lambda: _server_statuses(server, "Enroll", "CANCELLED") == 1)
+    assert server.batch_stats().items - encoded_before < len(images)
+    with Client(f"127.0.0.1:{server.port}", key) as client:
+        with pytest.raises(errors.NotFound):
+            client.get_subject("cancelled", "quitter")
+        assert client.collection_stats("cancelled").faces == 0
+
+
+def test_server_default_deadline_applies_when_the_client_sets_none(server, astronaut, tmp_path) -> None:
+    srv = _companion(server, tmp_path, default_deadline_s=0.2)
+    try:
+        key = srv.admin_key_path.read_text().strip()
+        big = _jpeg(np.asarray(Image.fromarray(astronaut).resize((1600, 1600), Image.Resampling.BILINEAR)))
+        with Client(f"127.0.0.1:{srv.port}", key, timeout=None) as client:
+            client.create_collection("slow")
+            start = time.perf_counter()
+            with pytest.raises(errors.DeadlineExceeded):
+                client.enroll("slow", "s1", [big] * 8)  # no client deadline at all
+            took = time.perf_counter() - start
+            assert _statuses(srv, "Enroll", "DEADLINE_EXCEEDED") == 1  # decided by the server
+            assert took < 2.0, f"the server's 0.2 s default deadline let the call run {took:.2f} s"
+            assert client.collection_stats("slow").faces == 0
+            # A client deadline overrides the default, both ways.
+            assert len(client.enroll("slow", "s1", [big], timeout=60).face_ids) == 1
+    finally:
+        srv.stop(2.0)
+
+
+def test_images_per_request_cap_is_resource_exhausted(server, astronaut, tmp_path) -> None:
+    srv = _companion(server, tmp_path, max_images_per_request=3)
+    try:
+        key = srv.admin_key_path.read_text().strip()
+        photo = _jpeg(astronaut)
+        with Client(f"127.0.0.1:{srv.port}", key) as client:
+            client.create_collection("capped")
+            encoded_before = server.batch_stats().items
+            with pytest.raises(errors.LimitExceeded, match="4 images in one enrollment, over the limit of 3") as info:
+                client.enroll("capped", "many", [photo] * 4)
+            assert info.value.status_code.name == "RESOURCE_EXHAUSTED"
+            assert server.batch_stats().items == encoded_before  # refused before any work
+            # EnrollStream: the capped message is rejected, the others go on.
+            result = client.enroll_stream(
+                [
+                    {"collection": "capped", "subject_id": "a", "images": [photo] * 4},
+                    {"collection": "capped", "subject_id": "b", "images": [photo] * 3},
+                ]
+            )
+            assert result.enrolled == 1
+            assert [(r.index, r.code) for r in result.rejected] == [(0, "RESOURCE_EXHAUSTED")]
+            assert client.collection_stats("capped").faces == 3
+    finally:
+        srv.stop(2.0)
+

@@ -254,11 +254,6 @@ def test_bad_inputs_map_to_status_codes(client: Client, photo: bytes, embedded, 
         assert info.value.request_id  # every failure carries the request id for support
 
 
-def test_expired_deadline_stops_the_call(client: Client, photo: bytes) -> None:
-    with pytest.raises(errors.DeadlineExceeded):
-        client.verify(image=photo, reference_image=photo, timeout=0.001)
-
-
 # -- auth ----------------------------------------------------------------------------------------------
 def test_auth_statuses(server, client: Client, photo: bytes, gallery) -> None:
     address = f"127.0.0.1:{server.port}"

@@ -2,7 +2,10 @@
 
 Image calls pass the call's deadline down to the engine as a ``time.monotonic()`` instant, so the
 work stops between stages (and leaves the batchers' queues) once the client has stopped waiting,
-and run inside ``track()`` so the batchers know how many image calls are on their way.
+and run inside ``track()`` so the batchers know how many image calls are on their way. A call
+whose client set no deadline gets ``server.default_deadline_s`` (each EnrollStream message its
+own); Enroll also stops, storing nothing, once the client cancels. One Enroll (or EnrollStream
+message) carries at most ``server.max_images_per_request`` images.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from embeddings.errors import AlreadyExists, InvalidInput, LimitExceeded, NotFou
 from service import convert
 from service._generated.latentface.v1 import face_pb2, face_pb2_grpc
 from service.auth import authorize
+from service.config import ServerConfig
 from service.errors import ENROLLED_KEY, status_for
 from service.servicers._common import ServingState, check_deadline, require
 
@@ -37,11 +41,11 @@ _REJECTABLE = (InvalidInput, NotFound, LimitExceeded, AlreadyExists)
 _NO_DEADLINE_S = 1e7
 
 
-def call_deadline(context: grpc.ServicerContext) -> float | None:
-    """The call's deadline as a ``time.monotonic()`` instant, or None when the client set none."""
+def call_deadline(context: grpc.ServicerContext, default_s: float | None = None) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` instant; ``default_s`` from now (or None) when the client set none."""
     remaining = context.time_remaining()
     if remaining is None or remaining > _NO_DEADLINE_S:
-        return None
+        return None if default_s is None else time.monotonic() + default_s
     return time.monotonic() + remaining
 
 
@@ -58,29 +62,38 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         *,
         state: ServingState | None = None,
         track: Callable[[], AbstractContextManager[Any]] | None = None,
+        limits: ServerConfig | None = None,
     ) -> None:
         self._engine = engine
         self._state = state or ServingState()
         self._track = track or contextlib.nullcontext
+        limits = limits or ServerConfig()
+        self._max_images = limits.max_images_per_request
+        self._default_deadline_s = limits.default_deadline_s
+
+    def _deadline(self, context: grpc.ServicerContext) -> float | None:
+        return call_deadline(context, self._default_deadline_s)
 
     # -- faces -------------------------------------------------------------------------------------
     def Detect(self, request: face_pb2.DetectRequest, context: grpc.ServicerContext) -> face_pb2.DetectResponse:
         authorize(None, "read")
         with self._track():
-            faces = self._engine.detect(request.image, deadline=call_deadline(context))
+            faces = self._engine.detect(request.image, deadline=self._deadline(context))
         return face_pb2.DetectResponse(faces=[convert.face_to_proto(f) for f in faces])
 
     def Embed(self, request: face_pb2.EmbedRequest, context: grpc.ServicerContext) -> face_pb2.EmbedResponse:
         authorize(None, "read")
         with self._track():
             if request.aligned_crop:
-                embeddings = [self._engine.embed_crop(request.image, deadline=call_deadline(context))]
+                embeddings = [self._engine.embed_crop(request.image, deadline=self._deadline(context))]
             else:
-                embeddings = self._engine.embed(request.image, deadline=call_deadline(context))
+                embeddings = self._engine.embed(request.image, deadline=self._deadline(context))
         return face_pb2.EmbedResponse(faces=[convert.face_embedding_to_proto(e) for e in embeddings])
 
     # -- enrollment --------------------------------------------------------------------------------
-    def _enroll(self, request: face_pb2.EnrollRequest, deadline: float | None) -> face_pb2.EnrollResponse:
+    def _enroll(
+        self, request: face_pb2.EnrollRequest, deadline: float | None, cancelled: Callable[[], bool]
+    ) -> face_pb2.EnrollResponse:
         collection = require(request.collection, "collection")
         subject_id = require(request.subject_id, "subject_id")
         authorize(collection, "write")
@@ -92,9 +105,16 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         )
         if request.images and request.embeddings:
             raise InvalidInput("give images or embeddings, not both")
+        if len(request.images) > self._max_images:
+            raise LimitExceeded(
+                f"{len(request.images)} images in one enrollment, over the limit of {self._max_images}; "
+                "send them in several requests (or EnrollStream messages)"
+            )
         if request.images:
             with self._track():
-                result = self._engine.enroll(collection, subject_id, list(request.images), deadline=deadline, **common)
+                result = self._engine.enroll(
+                    collection, subject_id, list(request.images), deadline=deadline, cancelled=cancelled, **common
+                )
         elif request.embeddings:
             pairs = [convert.embedding_from_proto(e) for e in request.embeddings]
             model_ids = {m for _, m in pairs}
@@ -112,7 +132,7 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         )
 
     def Enroll(self, request: face_pb2.EnrollRequest, context: grpc.ServicerContext) -> face_pb2.EnrollResponse:
-        return self._enroll(request, call_deadline(context))
+        return self._enroll(request, self._deadline(context), _gone(context))
 
     def EnrollStream(
         self, request_iterator: Iterator[face_pb2.EnrollRequest], context: grpc.ServicerContext
@@ -132,7 +152,7 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
                 )
             check_deadline(context, f"after {out.enrolled} enrollments")
             try:
-                result = self._enroll(request, call_deadline(context))
+                result = self._enroll(request, self._deadline(context), _gone(context))
             except _REJECTABLE as exc:
                 out.rejected.append(
                     face_pb2.EnrollRejection(
@@ -170,7 +190,7 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
                     request.reference_image,
                     collection=collection,
                     threshold=threshold,
-                    deadline=call_deadline(context),
+                    deadline=self._deadline(context),
                 )
             return face_pb2.VerifyResponse(
                 decision=convert.decision_to_proto(result.decision),
@@ -181,7 +201,7 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         if probe == "image":
             with self._track():
                 result = engine.verify_subject(
-                    request.image, collection, request.subject_id, threshold=threshold, deadline=call_deadline(context)
+                    request.image, collection, request.subject_id, threshold=threshold, deadline=self._deadline(context)
                 )
             face = convert.face_to_proto(result.face_a)
         else:
@@ -198,7 +218,7 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
             raise InvalidInput(f"k must be in 1..{MAX_K}, got {k}")
         threshold = _optional(request, "threshold")
         with self._track():
-            result = self._engine.identify(request.image, collection, k=k, threshold=threshold, deadline=call_deadline(context))
+            result = self._engine.identify(request.image, collection, k=k, threshold=threshold, deadline=self._deadline(context))
         used = result.threshold  # the one is_match was decided with, not a second read of the collection
         model_id = self._engine.model_id or ""
         return face_pb2.IdentifyResponse(
@@ -238,6 +258,11 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         authorize(collection, "write")
         self._engine.delete_face(collection, convert.face_id_from_wire(require(request.face_id, "face_id")))
         return face_pb2.DeleteFaceResponse()
+
+
+def _gone(context: grpc.ServicerContext) -> Callable[[], bool]:
+    """"The client went away": a cancelled (or otherwise ended) call is no longer active."""
+    return lambda: not context.is_active()
 
 
 def _subject_to_proto(subject: Any) -> face_pb2.Subject:
