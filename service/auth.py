@@ -24,11 +24,13 @@ import contextvars
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,14 @@ ADMIN_KEY_FILE = "admin.key"
 KEYS_DB = "keys.sqlite3"
 # Health checks and reflection must work without a key (load balancers, probes, grpcurl).
 EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# The name under which a key from ``server.admin_key_file`` is stored; a new mounted key revokes older ones.
+PROVIDED_ADMIN_NAME = "admin (provided)"
+MIN_IMPORTED_KEY_CHARS = 32
+# An imported key must carry at least this many bits, estimated from its own characters (length x
+# per-character Shannon entropy; a random 32-char hex key has ~100-120, `openssl rand -base64 48` ~350).
+MIN_IMPORTED_KEY_BITS = 90.0
+# Words of template text (the shipped Secret says "REPLACE-ME-with-at-least-32-random-characters").
+_PLACEHOLDER_WORDS = ("replace", "changeme", "change-me", "change_me", "placeholder", "example", "your-", "your_", "todo")
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,33 @@ def _hash(secret: str) -> str:
 def _check_role(role: str) -> None:
     if role not in _RANK:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+
+
+def estimated_bits(secret: str) -> float:
+    """Length x the Shannon entropy of the key's own character frequencies (an upper bound for a pattern)."""
+    if not secret:
+        return 0.0
+    counts = Counter(secret)
+    n = len(secret)
+    return max(0.0, n * -sum(c / n * math.log2(c / n) for c in counts.values()))
+
+
+def check_imported_key(secret: str) -> None:
+    """Refuse a key an operator made that is short, template text or guessable; says how to make one."""
+    how = "make one with: openssl rand -base64 48 | tr -d '\\n'"
+    if len(secret) < MIN_IMPORTED_KEY_CHARS:
+        raise InvalidInput(f"an imported API key must be at least {MIN_IMPORTED_KEY_CHARS} characters long; {how}")
+    lowered = secret.lower()
+    for word in _PLACEHOLDER_WORDS:
+        if word in lowered:
+            raise InvalidInput(f"the API key looks like placeholder text (it contains {word!r}), not a secret; {how}")
+    bits = estimated_bits(secret)
+    repeated = secret in (secret + secret)[1:-1]  # one shorter unit over and over ("0123abcd0123abcd")
+    if repeated or bits < MIN_IMPORTED_KEY_BITS or len(set(secret)) < 8:
+        raise InvalidInput(
+            f"the API key is too predictable (about {bits:.0f} bits from {len(set(secret))} distinct characters; "
+            f"at least {MIN_IMPORTED_KEY_BITS:.0f} needed); {how}"
+        )
 
 
 def _check_collections(collections: Sequence[str]) -> tuple[str, ...]:
@@ -186,14 +223,27 @@ class KeyStore:
         return key_id, secret
 
     def import_key(self, secret: str, *, name: str, role: str, collections: Sequence[str]) -> str:
-        """Store a key whose secret the operator made (e.g. from a Kubernetes Secret); idempotent."""
+        """Store a key whose secret the operator made (e.g. from a Kubernetes Secret); idempotent.
+
+        Refuses short, placeholder and low-entropy keys (:func:`check_imported_key`), and a key that
+        was revoked: importing it again must not bring it back.
+        """
         secret = secret.strip()
-        if len(secret) < 32:
-            raise InvalidInput("an imported API key must be at least 32 characters long")
-        rows = self._execute("SELECT key_id FROM api_keys WHERE secret_hash = ?", (_hash(secret),))
-        if rows:
-            return rows[0][0]
+        check_imported_key(secret)
+        found = self.find(secret)
+        if found is not None:
+            if found.revoked:
+                raise InvalidInput(f"this API key was revoked (key id {found.key_id}); a revoked key cannot be imported again")
+            return found.key_id
         return self._insert(secret, name=name, role=role, collections=collections)
+
+    def find(self, secret: str) -> KeyInfo | None:
+        """The stored key with this secret (active or revoked), or None."""
+        rows = self._execute(
+            "SELECT key_id, name, role, collections, created_at, revoked_at FROM api_keys WHERE secret_hash = ?",
+            (_hash(secret.strip()),),
+        )
+        return KeyInfo(rows[0][0], rows[0][1], rows[0][2], tuple(json.loads(rows[0][3])), rows[0][4], rows[0][5]) if rows else None
 
     def _insert(self, secret: str, *, name: str, role: str, collections: Sequence[str]) -> str:
         _check_role(role)
@@ -256,7 +306,9 @@ def ensure_admin_key(keystore: KeyStore, data_dir: Path | str, *, provided_key_f
     """Make sure someone can administer the server; never logs a key.
 
     With ``provided_key_file`` (e.g. a mounted Kubernetes Secret), that file's key is stored
-    (hashed) as an admin key for all collections, idempotently, and None is returned.
+    (hashed) as an admin key for all collections, idempotently, and None is returned. A key that
+    is short, template text or guessable is refused, and so is one that was revoked; mounting a
+    new key (rotation) revokes the keys earlier mounted files provided.
     Otherwise, on first start (an empty key store) a new admin key is created and written to
     ``<data_dir>/admin.key`` with mode 0600; its path is logged and returned. Later starts
     return None: keys are then managed with ``latentface keys``.
@@ -266,7 +318,14 @@ def ensure_admin_key(keystore: KeyStore, data_dir: Path | str, *, provided_key_f
             secret = Path(provided_key_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise InvalidInput(f"cannot read the admin key file {provided_key_file}: {exc.strerror}") from exc
-        key_id = keystore.import_key(secret, name="admin (provided)", role="admin", collections=[ALL_COLLECTIONS])
+        try:
+            key_id = keystore.import_key(secret, name=PROVIDED_ADMIN_NAME, role="admin", collections=[ALL_COLLECTIONS])
+        except InvalidInput as exc:
+            raise InvalidInput(f"the admin key file {provided_key_file} cannot be used: {exc}") from exc
+        for old in keystore.list(include_revoked=False):
+            if old.name == PROVIDED_ADMIN_NAME and old.key_id != key_id:
+                keystore.revoke(old.key_id)
+                log.warning("revoked %s, the admin key an earlier %s provided (rotated)", old.key_id, provided_key_file)
         log.info("admin key from %s is active as %s", provided_key_file, key_id)
         return None
     if keystore.list():

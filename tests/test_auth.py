@@ -291,7 +291,7 @@ def test_first_start_writes_admin_key_0600_and_never_logs_it(tmp_path, caplog):
 
 def test_provided_admin_key_file_is_imported_idempotently(tmp_path, caplog):
     key_file = tmp_path / "mounted-secret"
-    secret = "operator-chosen-key-0123456789abcdef0123"
+    secret = "Zq7vN2pL9xR4tW8yB3mK6cF1hJ5dS0gA"  # 32 characters, as `openssl rand -base64 24` makes
     key_file.write_text(secret + "\n")
     store = KeyStore.open(tmp_path / "data")
     with caplog.at_level(logging.DEBUG):
@@ -304,6 +304,75 @@ def test_provided_admin_key_file_is_imported_idempotently(tmp_path, caplog):
     with pytest.raises(InvalidInput):
         ensure_admin_key(store, tmp_path / "data", provided_key_file=key_file)
     store.close()
+
+
+SHIPPED_PLACEHOLDER = "REPLACE-ME-with-at-least-32-random-characters"
+
+
+def test_shipped_secret_placeholder_is_the_one_refused(tmp_path):
+    # The test must follow the manifest: if its text changes, this still checks what ships.
+    text = (ROOT / "deploy" / "k8s" / "secret.yaml").read_text()
+    assert f'admin.key: "{SHIPPED_PLACEHOLDER}"' in text
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        (SHIPPED_PLACEHOLDER, "placeholder text"),
+        ("change-me-please-to-a-random-value-0123456789", "placeholder text"),
+        ("a" * 48, "too predictable"),
+        ("abc" * 16, "too predictable"),
+        ("0123456789abcdefghijklmn" * 2, "too predictable"),  # one unit, repeated
+        ("Zq7vN2pL9xR4tW8yB3mK6cF1hJ5d", "at least 32 characters"),
+    ],
+)
+def test_placeholder_short_and_low_entropy_admin_keys_are_refused_at_start(tmp_path, secret, why):
+    key_file = tmp_path / "admin.key"
+    key_file.write_text(secret + "\n")
+    with KeyStore.open(tmp_path / "data") as store:
+        with pytest.raises(InvalidInput, match=why) as info:
+            ensure_admin_key(store, tmp_path / "data", provided_key_file=key_file)
+        assert str(key_file) in str(info.value) and "openssl rand" in str(info.value)
+        assert store.list() == []  # nothing was stored
+
+
+def test_random_keys_of_the_documented_recipes_are_accepted(tmp_path):
+    import secrets
+
+    with KeyStore.open(tmp_path) as store:
+        for i in range(50):  # the entropy estimate must not refuse real random keys by bad luck
+            for secret in (secrets.token_hex(16), secrets.token_urlsafe(32), secrets.token_urlsafe(48)):
+                store.import_key(secret, name=f"k{i}", role="read", collections=["*"])
+        assert len(store.list()) == 150
+
+
+def test_rotating_the_mounted_admin_key_revokes_the_old_one_and_a_revoked_key_stays_out(tmp_path, caplog):
+    import secrets
+
+    data = tmp_path / "data"
+    key_file = tmp_path / "admin.key"
+    old, new = secrets.token_urlsafe(36), secrets.token_urlsafe(36)
+    with KeyStore.open(data) as store:
+        key_file.write_text(old)
+        ensure_admin_key(store, data, provided_key_file=key_file)
+        old_id = store.authenticate(old).key_id
+        key_file.write_text(new)  # the Secret was rotated; the pod restarts
+        with caplog.at_level(logging.INFO):
+            ensure_admin_key(store, data, provided_key_file=key_file)
+        new_id = store.authenticate(new).key_id
+        with pytest.raises(Unauthenticated, match="revoked"):
+            store.authenticate(old)
+        assert f"revoked {old_id}" in caplog.text and f"active as {new_id}" in caplog.text
+        # Mounting the revoked key again neither brings it back nor is logged as active.
+        key_file.write_text(old)
+        caplog.clear()
+        with caplog.at_level(logging.INFO), pytest.raises(InvalidInput, match=f"revoked \\(key id {old_id}\\)"):
+            ensure_admin_key(store, data, provided_key_file=key_file)
+        assert "active" not in caplog.text
+        with pytest.raises(Unauthenticated):
+            store.authenticate(old)
+        assert store.authenticate(new).key_id == new_id
+        assert [k.key_id for k in store.list(include_revoked=False)] == [new_id]
 
 
 # --- keys CLI --------------------------------------------------------------------------------------------
