@@ -19,6 +19,11 @@ __all__ = [
     "EncoderConfig",
     "GalleryConfig",
     "IndexConfig",
+    "AUTO_WEIGHTS",
+    "DLIB_FAMILY",
+    "DLIB_LANDMARKS_FILE",
+    "DLIB_LANDMARKS_SHA256",
+    "FACENET_FAMILY",
     "PRETRAINED",
     "PretrainedCfg",
     "QualityConfig",
@@ -30,11 +35,23 @@ def _check(cond: bool, message: str) -> None:
         raise InvalidInput(message)
 
 
+FACENET_FAMILY = "facenet-inception-resnet-v1"
+DLIB_FAMILY = "dlib-resnet-v1"
+
+
 @dataclass(frozen=True)
 class PretrainedCfg:
-    """Where an encoder's weights come from and what input they expect (like timm's PretrainedCfg)."""
+    """What an encoder's weights are, where they come from and what input they expect (like timm's
+    PretrainedCfg). Every encoder, the aligner, the gallery's default threshold and the tests read it.
+
+    ``sha256`` pins the weight file's bytes where the project could read them; the digest of the
+    file actually loaded always joins the model id, so another file never passes for this one.
+    ``default_threshold`` is the cosine a new collection starts with (``calibrate`` replaces it)
+    and ``threshold_source`` says where it comes from.
+    """
 
     name: str
+    family: str
     url: str | None
     file_name: str | None
     crop_size: int = 160
@@ -43,23 +60,64 @@ class PretrainedCfg:
     mean: float = 127.5
     std: float = 128.0
     num_classes: int | None = None
+    sha256: str | None = None
+    default_threshold: float = 0.5
+    threshold_source: str = "project default (no published operating point): run calibrate"
+    # Weights that ship inside a PyPI package instead of a download: the package to install.
+    package: str | None = None
 
+
+# facenet's LFW validation (davidsandberg/facenet, validate_on_lfw) picks a squared-L2 threshold of
+# about 1.2 between unit embeddings of 20180402-114759 (issue #640 reports 1.24): cosine 1 - 1.2/2.
+_FACENET_LFW = "facenet LFW validation: squared L2 distance ~1.2 between unit vectors = cosine 0.40"
 
 PRETRAINED: dict[str, PretrainedCfg] = {
     "vggface2": PretrainedCfg(
         name="vggface2",
+        family=FACENET_FAMILY,
         url="https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",
         file_name="20180402-114759-vggface2.pt",
         num_classes=8631,
+        default_threshold=0.40,
+        threshold_source=_FACENET_LFW,
     ),
     "casia-webface": PretrainedCfg(
         name="casia-webface",
+        family=FACENET_FAMILY,
         url="https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180408-102900-casia-webface.pt",
         file_name="20180408-102900-casia-webface.pt",
         num_classes=10575,
+        default_threshold=0.40,
+        threshold_source=_FACENET_LFW,
     ),
-    "random": PretrainedCfg(name="random", url=None, file_name=None),
+    # dlib's face-recognition ResNet (99.38% on LFW as published by dlib), from the PyPI package
+    # face_recognition_models. dlib decides "same person" at Euclidean distance 0.6 between raw
+    # descriptors; their norms are 1.31-1.60 (median 1.44) on the real fixtures, so 0.6 is
+    # cosine 1 - 0.6**2 / (2 * 1.44**2) = 0.913 between the unit vectors latentface stores.
+    "dlib-resnet": PretrainedCfg(
+        name="dlib-resnet",
+        family=DLIB_FAMILY,
+        url=None,
+        file_name="dlib_face_recognition_resnet_model_v1.dat",
+        crop_size=150,
+        embedding_dim=128,
+        mean=0.0,
+        std=1.0,
+        sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+        default_threshold=0.913,
+        threshold_source="dlib's published distance 0.6 at the median descriptor norm 1.44 = cosine 0.913",
+        package="face_recognition_models",
+    ),
+    "random": PretrainedCfg(name="random", family=FACENET_FAMILY, url=None, file_name=None),
 }
+
+# dlib's 5-point landmark model, shipped in the same package; it aligns faces for dlib-resnet.
+DLIB_LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
+DLIB_LANDMARKS_SHA256 = "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"
+
+# ``weights="auto"``: the data directory's recorded model, else the best real model obtainable
+# (see service/model_choice.py).
+AUTO_WEIGHTS = "auto"
 
 
 @dataclass(frozen=True)
@@ -122,28 +180,39 @@ class QualityConfig:
 class EncoderConfig:
     """Which weights, where to find them, and how to run the encoder.
 
-    ``weights`` is ``"vggface2"``, ``"casia-webface"``, ``"random"`` (seeded, for tests and
-    development only: every result says so) or a path to a state-dict file.
+    ``weights`` is ``"auto"`` (the data directory's recorded model, else the best real model
+    obtainable: see service/model_choice.py), ``"vggface2"``, ``"casia-webface"``,
+    ``"dlib-resnet"`` (dlib's ResNet from the PyPI package face_recognition_models), ``"random"``
+    (seeded facenet weights, for tests and development only: every result says so) or a path to a
+    weight file (a facenet state dict ``.pt``, or a dlib network ``.dat``).
     ``precision`` is ``"auto"`` (bf16 autocast + channels_last where the hardware supports it,
-    else fp32), ``"bf16"`` or ``"fp32"``.
+    else fp32), ``"bf16"`` or ``"fp32"``. ``runtime`` applies to dlib models: ``"torch"`` (the
+    PyTorch port: batched, bf16, CUDA), ``"dlib"`` (dlib's own CPU runtime) or ``"auto"`` (torch).
     """
 
-    weights: str = "vggface2"
+    weights: str = AUTO_WEIGHTS
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
     batch_size: int = 64
     torch_home: Path | None = None
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        _check(self.runtime in ("auto", "torch", "dlib"), f"runtime must be auto, torch or dlib, got {self.runtime!r}")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
         _check(bool(self.weights), "weights must not be empty")
 
     @property
     def pretrained(self) -> PretrainedCfg:
-        """The PretrainedCfg for a named checkpoint; a file path uses vggface2's input spec."""
-        return PRETRAINED.get(self.weights, dataclasses.replace(PRETRAINED["vggface2"], name="file", url=None))
+        """The PretrainedCfg for a named model; a file path takes the spec of its family by suffix."""
+        if self.weights == AUTO_WEIGHTS:
+            raise InvalidInput("weights 'auto' must be resolved to a model first (service.model_choice)")
+        if self.weights in PRETRAINED:
+            return PRETRAINED[self.weights]
+        base = "dlib-resnet" if str(self.weights).lower().endswith(".dat") else "vggface2"
+        return dataclasses.replace(PRETRAINED[base], name="file", url=None, sha256=None, package=None)
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,15 @@ from facenet_pytorch import InceptionResnetV1
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from embeddings.config import EncoderConfig, PretrainedCfg
+from embeddings.align import crop_faces
+from embeddings.config import DLIB_FAMILY, FACENET_FAMILY, EncoderConfig, PretrainedCfg
 from embeddings.errors import InvalidInput, Unavailable, WeightsUnavailable
-from embeddings.weights import file_digest, load_state_dict_file, resolve_weights
+from embeddings.types import DetectedFace
+from embeddings.weights import load_state_dict_file, resolve_weights, verify_digest
 
-__all__ = ["MODEL_FAMILY", "FaceEncoder", "resolve_device", "resolve_precision"]
+__all__ = ["MODEL_FAMILY", "FaceEncoder", "create_encoder", "resolve_device", "resolve_precision"]
 
-MODEL_FAMILY = "facenet-inception-resnet-v1"
+MODEL_FAMILY = FACENET_FAMILY
 _REFERENCE_BATCH = 32
 
 
@@ -170,6 +172,17 @@ def _fold_batchnorm(model: InceptionResnetV1) -> InceptionResnetV1:
     return model
 
 
+def create_encoder(config: EncoderConfig, *, allow_download: bool = False):
+    """The encoder of ``config.weights``' model family: :class:`FaceEncoder` (facenet) or
+    :class:`~embeddings.dlib_encoder.DlibEncoder`. Both expose ``model_id``, ``crop_size``,
+    ``embedding_dim``, ``device``, ``precision``, ``pretrained``, ``align`` and ``encode``."""
+    if config.pretrained.family == DLIB_FAMILY:
+        from embeddings.dlib_encoder import DlibEncoder
+
+        return DlibEncoder(config, allow_download=allow_download)
+    return FaceEncoder(config, allow_download=allow_download)
+
+
 class FaceEncoder:
     """Embeds aligned 160x160 RGB face crops as L2-normalised 512-d float32 vectors.
 
@@ -186,6 +199,7 @@ class FaceEncoder:
     def __init__(self, config: EncoderConfig = EncoderConfig(), *, allow_download: bool = False) -> None:
         self.config = config
         self._pretrained: PretrainedCfg = config.pretrained
+        self.pretrained = self._pretrained
         self.embedding_dim = self._pretrained.embedding_dim
         self.crop_size = self._pretrained.crop_size
         self.device = resolve_device(config.device)
@@ -193,10 +207,10 @@ class FaceEncoder:
         self._weights_path = resolve_weights(config, allow_download=allow_download)
         if self._weights_path is None:
             self.model_id = f"{MODEL_FAMILY}/RANDOM-seed{config.seed}-NOT-FOR-PRODUCTION"
-        elif self._pretrained.name == "file":
-            self.model_id = f"{MODEL_FAMILY}/file-{file_digest(self._weights_path)[:12]}"
         else:
-            self.model_id = f"{MODEL_FAMILY}/{self._pretrained.name}"
+            # The digest of the bytes loaded joins the id: another file never passes for this model.
+            digest = verify_digest(self._weights_path, self._pretrained.sha256)
+            self.model_id = f"{MODEL_FAMILY}/{self._pretrained.name}-{digest[:12]}"
         self._lock = threading.Lock()
         plain = self._build_plain()
         if self.precision == "bf16":
@@ -239,6 +253,10 @@ class FaceEncoder:
             if self._reference is None:
                 self._reference = self._build_plain()
             return self._reference
+
+    def align(self, image: np.ndarray, faces: list[DetectedFace] | tuple[DetectedFace, ...]) -> np.ndarray:
+        """N×160×160×3 uint8 crops of ``faces``, cut as facenet-pytorch's ``extract_face`` cuts them."""
+        return crop_faces(image, faces, size=self.crop_size)
 
     def _check(self, crops: np.ndarray) -> np.ndarray:
         size = self.crop_size

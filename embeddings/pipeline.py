@@ -10,8 +10,9 @@ Per-call deadlines: ``detect``, ``embed``, ``embed_one`` and ``embed_crop`` take
 :class:`~embeddings.errors.DeadlineExceeded` between stages (after decoding, after detection,
 before encoding) once it has passed, and the hooks get it to stop waiting in their queues.
 
-Aligned crops: :meth:`FacePipeline.embed_crop` takes one face the caller already detected and
-aligned (a 160×160 crop as ``embeddings.align.crop_faces`` cuts it) and only encodes it, through
+Alignment belongs to the encoder (``encoder.align(image, faces)``): facenet's box crop, dlib's
+5-point chip. Aligned crops: :meth:`FacePipeline.embed_crop` takes one face the caller already
+detected and aligned (a ``crop_size`` square, as the encoder's ``align`` cuts it) and only encodes it, through
 the same ``encode_fn`` hook, so the service batches such calls like any others.
 """
 
@@ -54,6 +55,14 @@ class _Encoder(Protocol):
     embedding_dim: int
 
     def encode(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+def _align(encoder: Any, image: np.ndarray, faces: Sequence[DetectedFace]) -> np.ndarray:
+    """The encoder's own alignment (a dlib chip, a facenet box crop); box crops if it has none."""
+    align = getattr(encoder, "align", None)
+    if align is None:
+        return crop_faces(image, faces, size=encoder.crop_size)
+    return align(image, faces)
 
 
 def _area(face: DetectedFace) -> float:
@@ -218,8 +227,7 @@ class FacePipeline:
         self, items: Sequence[tuple[np.ndarray, Sequence[DetectedFace]]], *, deadline: float | None = None
     ) -> list[list[FaceEmbedding]]:
         """Crop every face of every image, encode all crops in one call, split back per image."""
-        size = self.encoder.crop_size
-        crops = [crop_faces(image, faces, size=size) for image, faces in items if faces]
+        crops = [_align(self.encoder, image, faces) for image, faces in items if faces]
         if not crops:
             return [[] for _ in items]
         all_crops = np.concatenate(crops) if len(crops) > 1 else crops[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -10,11 +12,25 @@ from service.config import ServiceConfig
 
 __all__ = ["build_encoder", "build_engine", "build_pipeline"]
 
+log = logging.getLogger("latentface.model")
+
 
 def build_encoder(config: ServiceConfig):
-    from embeddings.encode import FaceEncoder
+    """The encoder of the data directory's model (chosen and recorded on first use, see
+    service/model_choice.py). Raises WeightsUnavailable with the remedy when it is missing."""
+    from embeddings.encode import create_encoder
+    from service.model_choice import choose_weights, read_recorded, record_choice
 
-    return FaceEncoder(config.encoder, allow_download=config.allow_download)
+    weights, reason = choose_weights(config.data_dir, config.encoder, allow_download=config.allow_download)
+    encoder_config = dataclasses.replace(config.encoder, weights=weights)
+    encoder = create_encoder(encoder_config, allow_download=config.allow_download)
+    if read_recorded(config.data_dir) is None:
+        record_choice(config.data_dir, weights, encoder.model_id, reason)
+        log.warning("model for data directory %s: %s (%s); recorded, later starts use it", config.data_dir,
+                    weights, reason)
+    if getattr(encoder, "is_random", False):
+        log.warning("encoder weights are RANDOM (%s): results are meaningless for recognition", encoder.model_id)
+    return encoder
 
 
 def build_pipeline(
@@ -33,9 +49,12 @@ def build_pipeline(
 
 
 def build_engine(config: ServiceConfig, *, pipeline=None):
-    """Pipeline + durable gallery under ``config.data_dir``."""
+    """Pipeline + durable gallery under ``config.data_dir``; new collections start at the model's
+    default threshold unless the config sets one."""
     from embeddings.engine import FaceEngine
     from embeddings.gallery import Gallery
 
     pipeline = pipeline if pipeline is not None else build_pipeline(config)
-    return FaceEngine(pipeline, Gallery.open(config.gallery))
+    pretrained = getattr(pipeline.encoder, "pretrained", None)
+    gallery = Gallery.open(config.gallery_for(getattr(pretrained, "default_threshold", None)))
+    return FaceEngine(pipeline, gallery)

@@ -13,7 +13,7 @@ from service.config import ServiceConfig, load_config
 def test_defaults_without_any_source():
     config = load_config({}, env={})
     assert config == ServiceConfig()
-    assert config.encoder.weights == "vggface2"
+    assert config.encoder.weights == "auto"  # the data directory's model, chosen on first start
     assert config.gallery.data_dir == Path("data")
 
 

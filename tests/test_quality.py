@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from embeddings.config import QualityConfig
-from embeddings.quality import assess_face, estimate_pose, outside_fraction, sharpness
+from embeddings.quality import assess_face, estimate_pose, face_region, outside_fraction, sharpness
 from embeddings.types import QualityReason
 
 # MTCNN's output on the astronaut (measured once; tests/test_detect.py checks the detector agrees).
@@ -85,7 +85,31 @@ def test_face_cut_by_the_border_is_partly_outside(astronaut: np.ndarray) -> None
     marks = tuple((x - cut, y) for x, y in ASTRO_LANDMARKS)
     q = assess_face(img, box, marks, 0.9999, CONFIG)
     assert QualityReason.PARTLY_OUTSIDE in q.reasons
-    assert q.outside_fraction == pytest.approx((cut - ASTRO_BOX[0]) / (ASTRO_BOX[2] - ASTRO_BOX[0]), abs=1e-6)
+    # Judged on the face the landmarks imply, not on MTCNN's box (which reaches above the brows).
+    x1, _y1, x2, _y2 = face_region(ASTRO_LANDMARKS)
+    assert q.outside_fraction == pytest.approx((cut - x1) / (x2 - x1), abs=1e-6)
+    assert 0.4 < q.outside_fraction < 0.6
+
+
+def test_face_region_covers_the_landmarks_with_margins() -> None:
+    x1, y1, x2, y2 = face_region(FRONTAL)
+    eye_dist = FRONTAL[1, 0] - FRONTAL[0, 0]
+    eye_to_mouth = (FRONTAL[3, 1] + FRONTAL[4, 1]) / 2 - (FRONTAL[0, 1] + FRONTAL[1, 1]) / 2
+    assert x1 == pytest.approx(FRONTAL[0, 0] - 0.3 * eye_dist, abs=0.05)
+    assert x2 == pytest.approx(FRONTAL[1, 0] + 0.3 * eye_dist, abs=0.05)
+    assert y1 == pytest.approx((FRONTAL[0, 1] + FRONTAL[1, 1]) / 2 - 0.3 * eye_to_mouth, abs=0.05)
+    assert y2 == pytest.approx((FRONTAL[3, 1] + FRONTAL[4, 1]) / 2 + 0.4 * eye_to_mouth, abs=0.05)
+
+
+def test_tight_portrait_crop_passes_although_the_detector_box_leaves_the_frame() -> None:
+    """A 150 px crop tight around the face: MTCNN's box pokes out above; the face itself is inside."""
+    w = h = 112
+    img = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    box = (12.0, -20.0, 100.0, 110.0)  # 15% of it above the frame
+    assert outside_fraction(box, w, h) > CONFIG.max_outside_fraction
+    q = assess_face(img, box, FRONTAL, 0.9999, CONFIG)
+    assert q.outside_fraction == 0.0
+    assert QualityReason.PARTLY_OUTSIDE not in q.reasons
 
 
 def test_outside_fraction_against_pixel_count() -> None:
