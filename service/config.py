@@ -95,11 +95,20 @@ class ServiceConfig:
     decode: DecodeLimits = field(default_factory=DecodeLimits)
     index: IndexConfig = field(default_factory=IndexConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
-    default_threshold: float = 0.5
+    # None: the encoder model's own default (PretrainedCfg.default_threshold), see service/runtime.py.
+    default_threshold: float | None = None
 
     @property
     def gallery(self) -> GalleryConfig:
-        return GalleryConfig(data_dir=self.data_dir, default_threshold=self.default_threshold, index=self.index)
+        """The gallery config; without an explicit default threshold, the model's (0.5 if unknown)."""
+        return self.gallery_for(None)
+
+    def gallery_for(self, model_threshold: float | None) -> GalleryConfig:
+        """The gallery config, with ``model_threshold`` as the default unless one is configured."""
+        threshold = self.default_threshold
+        if threshold is None:
+            threshold = 0.5 if model_threshold is None else model_threshold
+        return GalleryConfig(data_dir=self.data_dir, default_threshold=threshold, index=self.index)
 
 
 _SECTIONS: dict[str, type] = {
@@ -194,11 +203,23 @@ def load_config(
             raise InvalidInput(f"config file {path} is not valid TOML: {exc}") from exc
     merged.update(_from_env(env))
     merged.update(flags)
+    if "encoder.torch_home" not in merged and (home := _torch_home_from_env(env)) is not None:
+        merged["encoder.torch_home"] = home
     if "offline" in merged:  # LATENTFACE_OFFLINE=1 forbids downloads whatever else says
         offline = _coerce(merged.pop("offline"), bool, "offline")
         if offline:
             merged["allow_download"] = False
     return _build(merged)
+
+
+def _torch_home_from_env(env: Mapping[str, str]) -> str | None:
+    """facenet-pytorch's get_torch_home() rule, read here so the domain reads no environment:
+    ``$TORCH_HOME``, else ``$XDG_CACHE_HOME/torch``; None leaves the domain's ``~/.cache/torch``."""
+    if env.get("TORCH_HOME"):
+        return env["TORCH_HOME"]
+    if env.get("XDG_CACHE_HOME"):
+        return os.path.join(env["XDG_CACHE_HOME"], "torch")
+    return None
 
 
 def _build(values: Mapping[str, Any]) -> ServiceConfig:
