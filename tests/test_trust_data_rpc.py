@@ -1,0 +1,90 @@
+"""Issue #10 data-safety items seen by a client: a real server on port 0 over a real gallery (embedding
+calls only, so no encoder is loaded), raw stubs so status codes and details are checked as sent."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from embeddings.config import GalleryConfig
+from embeddings.engine import FaceEngine
+from embeddings.gallery import Gallery
+from service._generated.latentface.v1 import (
+    collection_pb2,
+    collection_pb2_grpc,
+    common_pb2,
+    face_pb2,
+    face_pb2_grpc,
+)
+from service.config import load_config
+from service.server import create_server
+
+DIM = 16
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    gallery = Gallery.open(GalleryConfig(data_dir=tmp_path / "data"), background=False)
+    engine = FaceEngine(None, gallery)
+    config = load_config({"data_dir": str(tmp_path / "data"), "server.port": 0, "server.auth": False}, env={})
+    server, port = create_server(config, engine=engine)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield face_pb2_grpc.FaceServiceStub(channel), collection_pb2_grpc.CollectionServiceStub(channel), gallery
+    finally:
+        channel.close()
+        server.stop(1.0)
+        gallery.close()
+
+
+def _embedding(rng: np.random.Generator) -> common_pb2.Embedding:
+    v = rng.normal(size=DIM).astype(np.float32)
+    return common_pb2.Embedding(vector=(v / np.linalg.norm(v)).tolist(), model_id="m")
+
+
+def _code(call, request) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        call(request, timeout=30)
+    return err.value.code(), err.value.details()
+
+
+def test_bad_names_and_ids_are_invalid_argument_with_short_messages(stubs, rng) -> None:
+    face, coll, _ = stubs
+    for name in ("人脸识别" * 11, "n" * 200, "  ", "a\nb", "*", "a,b", "x" * 100_000):
+        code, details = _code(coll.CreateCollection, collection_pb2.CreateCollectionRequest(name=name))
+        assert code is grpc.StatusCode.INVALID_ARGUMENT and len(details) < 200, (code, len(details))
+    coll.CreateCollection(collection_pb2.CreateCollectionRequest(name="c"), timeout=30)
+    # A 200k-character subject id used to come back RESOURCE_EXHAUSTED (its echo overflowed the
+    # 16 KiB metadata limit) after being stored.
+    for subject in ("s" * 200_000, "tab\there\n", "\u200bzero-width"):
+        req = face_pb2.EnrollRequest(collection="c", subject_id=subject, embeddings=[_embedding(rng)])
+        code, details = _code(face.Enroll, req)
+        assert code is grpc.StatusCode.INVALID_ARGUMENT and len(details) < 200, (code, len(details))
+    code, details = _code(face.GetSubject, face_pb2.GetSubjectRequest(collection="q" * 100_000, subject_id="a"))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and len(details) < 200
+    # A 26-digit face id overflowed SQLite's INTEGER: INTERNAL. No face can have it: NOT_FOUND.
+    code, _ = _code(face.DeleteFace, face_pb2.DeleteFaceRequest(collection="c", face_id="1" * 26))
+    assert code is grpc.StatusCode.NOT_FOUND
+
+
+def test_request_id_reuse_for_another_request_is_already_exists(stubs, rng) -> None:
+    face, coll, gallery = stubs
+    coll.CreateCollection(collection_pb2.CreateCollectionRequest(name="c"), timeout=30)
+    e1, e2 = _embedding(rng), _embedding(rng)
+    first = face.Enroll(face_pb2.EnrollRequest(collection="c", subject_id="alice", embeddings=[e1], request_id="R1"))
+    again = face.Enroll(face_pb2.EnrollRequest(collection="c", subject_id="alice", embeddings=[e1], request_id="R1"))
+    assert again.replayed and list(again.face_ids) == list(first.face_ids)
+    req = face_pb2.EnrollRequest(collection="c", subject_id="bob", embeddings=[e1], request_id="R1")
+    code, details = _code(face.Enroll, req)
+    assert code is grpc.StatusCode.ALREADY_EXISTS and "R1" in details
+    req = face_pb2.EnrollRequest(collection="c", subject_id="alice", embeddings=[e2], request_id="R1")
+    assert _code(face.Enroll, req)[0] is grpc.StatusCode.ALREADY_EXISTS
+    assert gallery.collection_stats("c").faces == 1
+    # Deleted: the id no longer replays a face that is gone; the same request enrolls afresh.
+    face.DeleteSubject(face_pb2.DeleteSubjectRequest(collection="c", subject_id="alice"), timeout=30)
+    fresh = face.Enroll(face_pb2.EnrollRequest(collection="c", subject_id="alice", embeddings=[e1], request_id="R1"))
+    assert not fresh.replayed and set(fresh.face_ids).isdisjoint(first.face_ids)
+    assert [int(f) for f in fresh.face_ids] == gallery.face_ids("c")[0].tolist()
+
