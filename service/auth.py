@@ -37,6 +37,7 @@ from pathlib import Path
 
 import grpc
 
+from embeddings.datadir import private_file
 from embeddings.errors import InvalidInput, NotFound, PermissionDenied, StorageError, Unauthenticated
 from service._rpc_wrap import run_in_context
 
@@ -180,6 +181,7 @@ class KeyStore:
         path = data_dir / KEYS_DB
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
+            private_file(path)  # key hashes: owner only (0600), whatever the umask
             # Autocommit: every SELECT sees what another process (the keys CLI) committed.
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
             conn.execute("PRAGMA journal_mode=WAL")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from embeddings.datadir import private_file
 from embeddings.errors import Cancelled, InvalidInput, JobNotFound, LatentfaceError, StorageError, Unavailable
 
 __all__ = ["JobFn", "JobInfo", "JobManager", "JobState", "Progress", "ShouldStop"]
@@ -111,7 +112,8 @@ class JobManager:
         data_dir = Path(data_dir)
         path = data_dir / JOBS_DB
         try:
-            (data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+            (data_dir / "jobs").mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_file(path)  # job parameters name collections and files: owner only
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(

@@ -88,3 +88,25 @@ def test_request_id_reuse_for_another_request_is_already_exists(stubs, rng) -> N
     assert not fresh.replayed and set(fresh.face_ids).isdisjoint(first.face_ids)
     assert [int(f) for f in fresh.face_ids] == gallery.face_ids("c")[0].tolist()
 
+
+
+def test_a_served_data_dir_is_owner_only(tmp_path) -> None:
+    """Under umask 022 the server's data dir is 0700 and every file in it 0600 (gallery, keys, jobs)."""
+    import os
+    import stat
+
+    data = tmp_path / "data"
+    old = os.umask(0o022)
+    try:
+        gallery = Gallery.open(GalleryConfig(data_dir=data), background=False)
+        config = load_config({"data_dir": str(data), "server.port": 0, "server.auth": True}, env={})
+        server, _ = create_server(config, engine=FaceEngine(None, gallery))
+        server.stop(0.5)
+        gallery.close()
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(data).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in data.rglob("*")}
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert {"gallery.sqlite3", "keys.sqlite3", "jobs.sqlite3"} <= set(modes)
+    for path, mode in modes.items():
+        assert mode == (0o700 if (data / path).is_dir() else 0o600), (path, oct(mode))
