@@ -19,6 +19,7 @@ from embeddings.errors import CollectionNotFound, InvalidInput
 from service.cli import emit
 
 _MAX_CALIBRATION_PAIRS = 20_000_000
+_PAIR_BLOCK = 1 << 21  # scores computed per block of rows (x 8 bytes: a 16 MB block)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
@@ -323,17 +324,33 @@ def _scores_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _collection_pairs(gallery, collection: str) -> tuple[np.ndarray, np.ndarray]:
-    """All face pairs of the collection: same subject = genuine, different = impostor."""
+    """All face pairs (i < j, row-major) of the collection: same subject = genuine, different = impostor.
+
+    The scores are computed a block of rows at a time, so memory is the two outputs (9 bytes a
+    pair) plus one block, never the pair-indexed copies of the vectors (2 x pairs x dim x 4 bytes:
+    41 GB each at the pair cap with 512-d vectors).
+    """
     from embeddings.dataset import Dataset
 
     dataset = Dataset.from_collection(gallery, collection)  # InvalidDataset when it has no faces
     n = len(dataset.ids)
-    if n * (n - 1) // 2 > _MAX_CALIBRATION_PAIRS:
+    pairs = n * (n - 1) // 2
+    if pairs > _MAX_CALIBRATION_PAIRS:
         raise InvalidInput("collection too large for all-pairs calibration; export labelled scores and use --scores")
-    i, j = np.triu_indices(n, k=1)
-    x = dataset.vectors
-    scores = np.einsum("ij,ij->i", x[i], x[j])
-    return scores.astype(np.float64), dataset.identities[i] == dataset.identities[j]
+    x = dataset.vectors.astype(np.float64)
+    _, who = np.unique(dataset.identities, return_inverse=True)
+    scores = np.empty(pairs, np.float64)
+    genuine = np.empty(pairs, bool)
+    rows = max(1, _PAIR_BLOCK // max(n, 1))
+    at = 0
+    for start in range(0, n - 1, rows):
+        stop = min(start + rows, n - 1)
+        upper = np.arange(n)[None, :] > np.arange(start, stop)[:, None]  # j > i, row by row
+        block = (x[start:stop] @ x.T)[upper]
+        scores[at : at + len(block)] = block
+        genuine[at : at + len(block)] = (who[start:stop, None] == who[None, :])[upper]
+        at += len(block)
+    return scores, genuine
 
 
 def run_calibrate(args, config) -> int:
