@@ -232,3 +232,142 @@ def test_report_renders_in_headless_chromium(planted_report, tmp_path: Path) -> 
         assert im.size[0] == 1280
         px = np.asarray(im.convert("L"))
     assert px.std() > 10  # not a blank page: text, tables and plots were drawn
+
+
+# -- issue #10 item 11 and the browser check: escaping, and every number the browser shows -------------
+EVIL_COLUMN = "<script>alert('pwned')</script>"
+EVIL_VALUE = '<img src=x onerror="alert(1)">'  # no '.': data-key paths split on dots
+
+
+@pytest.fixture(scope="module")
+def evil_report(tmp_path_factory):
+    """HTML in the group column's name and values, in the error tables and the latent section alike
+    (the old renderer escaped the tables but wrote the latent section's column names raw)."""
+    ds = make_verification_set(identities_per_group={"x": 40, "y": 40}, images_per_identity=3, dim=16, seed=3)
+    values = np.where(ds.groups["group"] == "x", EVIL_VALUE, "plain")
+    analysis = tmp_path_factory.mktemp("evil-analysis")
+    summary = {
+        "method": "histogram", "params": {}, "n": 10, "effective_sample_size": 7.5,
+        "clusters": [{"id": 1, "size": 3, "mass": 0.02, "mean_density": 0.1, "mean_weight": 2.5,
+                      "group_composition": {EVIL_COLUMN: {EVIL_VALUE: 1.0}}}],
+        "group_weight_mass": {EVIL_COLUMN: {EVIL_VALUE: {"data_share": 0.5, "weight_mass": 0.4}}},
+    }
+    (analysis / "summary.json").write_text(json.dumps(summary))
+    return audit_arrays(ds.vectors, ds.identities, {EVIL_COLUMN: values}, group_by=[EVIL_COLUMN],
+                        analysis_dir=analysis, options=AuditOptions(n_bootstrap=20), seed=0)
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs += [k for k, _ in attrs]
+
+
+def test_group_column_and_values_named_like_html_are_shown_as_text(evil_report) -> None:
+    html = evil_report.to_html()
+    tags = _Tags()
+    tags.feed(html)
+    assert "script" not in tags.tags  # before the fix the column name became a live <script> element
+    assert not [a for a in tags.attrs if a.startswith("on")]
+    assert tags.tags.count("img") == 3  # the three plots, not the group value
+    assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=" in html
+    cells = _Cells()
+    cells.feed(html)
+    report = evil_report.report
+    for key, value in cells.values.items():
+        assert _lookup(report, key) == value, key
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _dump_dom(html_path: Path, tmp_path: Path) -> str:
+    profile = tmp_path / "profile"
+    out = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--dump-dom", html_path.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+class _Shown(HTMLParser):
+    """The text the page shows inside every element that carries a data-key, and every number in a table cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[tuple[str, str | None, list[str]]] = []
+        self.shown: list[tuple[str, str]] = []  # (data-key, text shown)
+        self.cells: list[tuple[bool, str]] = []  # (cell has a data-key inside, text) for every td
+        self.title: list[str] = []
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "title":
+            self._in_title = True
+        if tag in ("td", "span", "th"):
+            self.stack.append((tag, a.get("data-key"), []))
+
+    def handle_endtag(self, tag):
+        if tag == "title":
+            self._in_title = False
+        if tag in ("td", "span", "th") and self.stack:
+            t, key, parts = self.stack.pop()
+            text = "".join(parts).strip()
+            if key is not None:
+                self.shown.append((key, text))
+            if t == "td":
+                self.cells.append((key is not None or 'data-key' in "".join(parts), text))
+            if self.stack:
+                self.stack[-1][2].append(text if key is None else f"{text}\x00data-key")
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title.append(data)
+        if self.stack:
+            self.stack[-1][2].append(data)
+
+
+def _number(text: str) -> float | None:
+    text = text.replace(",", "").strip()
+    if text in ("—", "∞"):
+        return None
+    return float(text)
+
+
+NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?(e[-+]?\d+)?$")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (scripts/test installs it as root)")
+@pytest.mark.parametrize("which", ["planted", "evil"])
+def test_every_number_chromium_shows_matches_report_json(which, planted_report, evil_report, tmp_path: Path) -> None:
+    result = planted_report if which == "planted" else evil_report
+    paths = result.write(tmp_path)
+    report = json.loads(paths["report.json"].read_text())
+    shown = _Shown()
+    shown.feed(_dump_dom(paths["report.html"], tmp_path))
+    assert "".join(shown.title) == "latentface fairness audit"  # no injected script ran and retitled the page
+    assert len(shown.shown) > 40
+    for key, text in shown.shown:
+        value = _lookup(report, key)
+        number = _number(text)
+        if value is None or number is None:
+            # "—" is shown for a missing value; "∞" only for an unbounded upper interval end.
+            assert value is None and (text == "—" or (text == "∞" and key.endswith(".1"))), (key, text, value)
+            continue
+        # Shown rounded: rates to 3 significant digits, thresholds to 4 decimals, ratios to 2.
+        assert abs(number - value) <= 0.005 * abs(value) + 5e-5, (key, text, value)
+    # No number in a table cell lacks its data-key (so none escapes the check above).
+    bare = [text for has_key, text in shown.cells if not has_key and NUMBER.match(text.replace("–", "").strip() or "x")]
+    assert bare == []
+    if which == "evil":
+        assert EVIL_COLUMN in "".join(t for _, t in shown.cells) or EVIL_VALUE in "".join(t for _, t in shown.cells)

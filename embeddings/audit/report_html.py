@@ -1,5 +1,9 @@
 """Self-contained HTML rendering of an audit report (plots inline as base64 PNG, no external resources).
 
+The page is a Jinja2 template rendered with autoescape on: every value from the report (group
+names, attribute columns, caveats, the model id) is escaped, so a column named ``<script>`` is
+shown as text, never run. Only the inline images are marked safe, and they are base64 built here.
+
 Every number cell carries ``data-key`` (its path in report.json, dot-separated; interval bounds
 end in ``.0``/``.1``) and ``data-value`` (the exact JSON value), so a machine can check that the
 page and the JSON agree.
@@ -10,8 +14,10 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from html import escape
 from typing import Any
+
+import jinja2
+from markupsafe import Markup
 
 from embeddings.audit.plots import det_png, rates_png, scores_png
 
@@ -46,184 +52,33 @@ def _fmt(value: Any, kind: str) -> str:
         return f"{value:.2f}"
     if kind == "int":
         return f"{int(value):,}"
-    return escape(str(value))
+    return str(value)
 
 
-def _cell(key: str, value: Any, kind: str, extra: str = "") -> str:
-    cls = ' class="na"' if value is None else ""
-    title = ' title="not measured"' if value is None else ""
-    return (
-        f'<td{cls}{title}{extra} data-key="{escape(key)}" data-value="{escape(json.dumps(value))}">'
-        f"{_fmt(value, kind)}</td>"
-    )
+def _upper(lo: Any, hi: Any, kind: str) -> str:
+    return "∞" if hi is None and lo is not None else _fmt(hi, kind)  # an upper bound of None is unbounded
 
 
-def _ci_cell(key: str, ci: list[float | None] | None, kind: str) -> str:
-    if ci is None:
-        return f'<td class="na" data-key="{escape(key)}" data-value="null">—</td>'
-    lo, hi = ci
-    hi_text = "∞" if hi is None and lo is not None else _fmt(hi, kind)  # an upper bound of None is unbounded
-    return (
-        f'<td><span data-key="{escape(key)}.0" data-value="{escape(json.dumps(lo))}">{_fmt(lo, kind)}</span>'
-        f' – <span data-key="{escape(key)}.1" data-value="{escape(json.dumps(hi))}">{hi_text}</span></td>'
-    )
+def _png(png: bytes) -> Markup:
+    # Safe by construction: base64 of bytes made here.
+    return Markup("data:image/png;base64," + base64.b64encode(png).decode("ascii"))
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+TEMPLATE = r"""{%- macro cell(key, value, kind, worst=False) -%}
+<td{% if value is none %} class="na" title="not measured"{% elif worst %} class="worst"{% endif %} data-key="{{ key }}" data-value="{{ value | tojson_value }}">{{ value | fmt(kind) }}</td>
+{%- endmacro -%}
+{%- macro ci_cell(key, ci, kind) -%}
+{%- if ci is none -%}<td class="na" data-key="{{ key }}" data-value="null">—</td>
+{%- else -%}<td><span data-key="{{ key }}.0" data-value="{{ ci[0] | tojson_value }}">{{ ci[0] | fmt(kind) }}</span> – <span data-key="{{ key }}.1" data-value="{{ ci[1] | tojson_value }}">{{ upper(ci[0], ci[1], kind) }}</span></td>
+{%- endif -%}
+{%- endmacro -%}
+<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>latentface fairness audit</title>
+<style>{{ css }}</style></head><body>
+<h1>Face-verification fairness audit</h1>
+<p class="note">Model <code>{{ r.model_id or "unknown" }}</code> · groups by <code>{{ r.group_by | join(" × ") }}</code> ·
+generated {{ r.generated_at or "" }} by latentface · report schema {{ r.schema or "" }}</p>
 
-
-def _groups_table(report: Mapping[str, Any]) -> str:
-    worst_fmr = report["differentials"]["fmr"].get("worst_group")
-    worst_fnmr = report["differentials"]["fnmr"].get("worst_group")
-    rows = []
-    for name, g in report["groups"].items():
-        k = f"groups.{name}"
-        flags = "; ".join(FLAG_TEXT.get(f, f) for f in g["flags"])
-        rows.append(
-            "<tr>"
-            f'<td class="name">{escape(name)}</td>'
-            + _cell(f"{k}.n_identities", g["n_identities"], "int")
-            + _cell(f"{k}.n_images", g["n_images"], "int")
-            + _cell(f"{k}.n_genuine", g["n_genuine"], "int")
-            + _cell(f"{k}.fnmr", g["fnmr"], "rate", ' class="worst"' if name == worst_fnmr and g["fnmr"] else "")
-            + _ci_cell(f"{k}.fnmr_ci", g["fnmr_ci"], "rate")
-            + _cell(f"{k}.n_impostor", g["n_impostor"], "int")
-            + _cell(f"{k}.fmr", g["fmr"], "rate", ' class="worst"' if name == worst_fmr and g["fmr"] else "")
-            + _ci_cell(f"{k}.fmr_ci", g["fmr_ci"], "rate")
-            + _cell(f"{k}.threshold_for_target", g["threshold_for_target"], "threshold")
-            + f'<td class="flag">{escape(flags)}</td>'
-            "</tr>"
-        )
-    head = (
-        '<tr><th class="name">group</th><th>identities</th><th>images</th><th>genuine pairs</th><th>FNMR</th>'
-        f"<th>FNMR {report['confidence']:.0%} CI</th><th>impostor pairs (within group)</th><th>FMR</th>"
-        f"<th>FMR {report['confidence']:.0%} CI</th><th>threshold for FMR {report['target_fmr']:g}</th><th>flags</th></tr>"
-    )
-    return f"<table>{head}{''.join(rows)}</table>"
-
-
-def _diff_table(report: Mapping[str, Any]) -> str:
-    rows = []
-    for metric in ("fmr", "fnmr"):
-        d = report["differentials"][metric]
-        k = f"differentials.{metric}"
-        rows.append(
-            f'<tr><td class="name">{metric.upper()}</td>'
-            + _cell(f"{k}.max_min_ratio", d["max_min_ratio"], "ratio")
-            + _ci_cell(f"{k}.max_min_ratio_ci", d["max_min_ratio_ci"], "ratio")
-            + _cell(f"{k}.max_geomean_ratio", d["max_geomean_ratio"], "ratio")
-            + _ci_cell(f"{k}.max_geomean_ratio_ci", d["max_geomean_ratio_ci"], "ratio")
-            + f'<td class="name">{escape(str(d["worst_group"] or "—"))}</td>'
-            + f'<td class="name">{escape(str(d["best_group"] or "—"))}</td>'
-            + _cell(f"{k}.n_groups", d["n_groups"], "int")
-            + "</tr>"
-        )
-    head = (
-        '<tr><th class="name">rate</th><th>max / min</th><th>CI</th><th>max / geometric mean</th><th>CI</th>'
-        '<th class="name">worst group</th><th class="name">best group</th><th>groups compared</th></tr>'
-    )
-    return f"<table>{head}{''.join(rows)}</table>"
-
-
-def _cross_table(report: Mapping[str, Any]) -> str:
-    cg = report["cross_group_fmr"]
-    names = cg["groups"]
-    head = '<tr><th class="name">group \\ group</th>' + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>"
-    rows = []
-    for i, a in enumerate(names):
-        cells = "".join(_cell(f"cross_group_fmr.fmr.{i}.{j}", cg["fmr"][i][j], "rate") for j in range(len(names)))
-        rows.append(f'<tr><th class="name">{escape(a)}</th>{cells}</tr>')
-    return f"<table>{head}{''.join(rows)}</table>"
-
-
-def _latent(report: Mapping[str, Any]) -> str:
-    lat = report.get("latent")
-    if not lat:
-        return (
-            "<h2>Latent analysis of the training data</h2><p class='note'>Not included: run "
-            "<code>latentface analyze</code> on the training set and pass its output folder to the audit "
-            "(<code>--analysis-dir</code>) to show under-represented clusters beside the error rates.</p>"
-        )
-    rows = []
-    for i, c in enumerate(lat["clusters"]):
-        k = f"latent.clusters.{i}"
-        comp = "; ".join(
-            f"{col}: " + ", ".join(f"{escape(str(v))} {s:.0%}" for v, s in shares.items())
-            for col, shares in c["group_composition"].items()
-        )
-        rows.append(
-            "<tr>"
-            + _cell(f"{k}.id", c["id"], "int")
-            + _cell(f"{k}.size", c["size"], "int")
-            + _cell(f"{k}.mass", c["mass"], "rate")
-            + _cell(f"{k}.mean_density", c["mean_density"], "rate")
-            + _cell(f"{k}.mean_weight", c["mean_weight"], "rate")
-            + f'<td class="name">{comp}</td></tr>'
-        )
-    clusters = (
-        "<table><tr><th>cluster</th><th>size</th><th>mass</th><th>mean density</th><th>mean weight</th>"
-        f'<th class="name">group composition</th></tr>{"".join(rows)}</table>'
-    )
-    mass_rows = []
-    for col, vals in lat["group_weight_mass"].items():
-        for v, d in vals.items():
-            k = f"latent.group_weight_mass.{col}.{v}"
-            mass_rows.append(
-                f'<tr><td class="name">{escape(col)}</td><td class="name">{escape(str(v))}</td>'
-                + _cell(f"{k}.data_share", d.get("data_share"), "rate")
-                + _cell(f"{k}.weight_mass", d.get("weight_mass"), "rate")
-                + "</tr>"
-            )
-    mass = (
-        '<table><tr><th class="name">attribute</th><th class="name">value</th><th>share of data</th>'
-        f'<th>share of weight</th></tr>{"".join(mass_rows)}</table>'
-    )
-    return (
-        "<h2>Latent analysis of the training data</h2>"
-        f"<p class='lead'>From <code>{escape(str(lat['source']))}</code> (method {escape(str(lat['method']))}, "
-        f"{lat['n']} samples). Clusters are regions of the embedding space where the training data is thin, "
-        "most under-represented first. A group whose weight share is well above its data share is "
-        "under-represented in training; compare with its error rates above.</p>"
-        f"<h3>Under-represented clusters</h3>{clusters}<h3>Group weight mass</h3>{mass}"
-    )
-
-
-def render_html(report: Mapping[str, Any]) -> str:
-    """The report as one HTML page that a first-time reader can follow."""
-    d = report["data"]
-    o = report["overall"]
-    src = (
-        f"set so that the FMR over all impostor pairs is at most {report['target_fmr']:g}"
-        if report["threshold_source"] == "target_fmr"
-        else "given by the deployment (not derived from a target FMR)"
-    )
-    summary = (
-        "<table>"
-        + "".join(
-            f'<tr><th class="name">{label}</th>'
-            + (_ci_cell(key, val, kind.removeprefix("ci:")) if kind.startswith("ci:") else _cell(key, val, kind))
-            + "</tr>"
-            for label, key, val, kind in (
-                ("global threshold (cosine; match when score ≥ threshold)", "threshold", report["threshold"], "threshold"),
-                ("target FMR", "target_fmr", report["target_fmr"], "rate"),
-                ("overall FMR (all impostor pairs)", "overall.fmr", o["fmr"], "rate"),
-                (f"overall FMR, {report['confidence']:.0%} interval", "overall.fmr_ci", o["fmr_ci"], "ci:rate"),
-                ("overall FNMR (all genuine pairs)", "overall.fnmr", o["fnmr"], "rate"),
-                (f"overall FNMR, {report['confidence']:.0%} interval", "overall.fnmr_ci", o["fnmr_ci"], "ci:rate"),
-                ("images", "data.n_images", d["n_images"], "int"),
-                ("images audited (identity has a group label)", "data.n_images_audited", d["n_images_audited"], "int"),
-                ("identities", "data.n_identities", d["n_identities"], "int"),
-                ("identities audited", "data.n_identities_audited", d["n_identities_audited"], "int"),
-                ("identities with a single image (no genuine pair)", "data.n_identities_single_image", d["n_identities_single_image"], "int"),
-                ("genuine pairs scored", "overall.n_genuine", o["n_genuine"], "int"),
-                ("impostor pairs scored", "overall.n_impostor", o["n_impostor"], "int"),
-                ("minimum impostor pairs to report a group's FMR", "min_impostor_pairs", report["min_impostor_pairs"], "int"),
-            )
-        )
-        + "</table>"
-    )
-    method = f"""
 <h2>How to read this report</h2>
 <p class="lead">A face-verification system compares two face images and says “same person” when their
 similarity score is at least a <b>threshold</b>. It can fail in two ways:</p>
@@ -235,47 +90,140 @@ groups are in the cross-group table.</li>
 <li><b>False non-match</b> — two images of the <i>same</i> person are rejected. The <b>FNMR</b> is the share of
 <i>genuine pairs</i> scoring below the threshold.</li>
 </ul>
-<p>All groups are measured at <b>one global threshold</b> ({escape(src)}), because a deployed system uses one threshold
-for everybody. The column “threshold for FMR {report['target_fmr']:g}” shows the threshold each group would need on
+<p>All groups are measured at <b>one global threshold</b> ({{ threshold_source }}), because a deployed system uses one threshold
+for everybody. The column “threshold for FMR {{ target }}” shows the threshold each group would need on
 its own to reach the target: the further it is from the global one, the more that group's false matches differ.</p>
 <p><b>Differentials</b> summarise how unequal the groups are: the ratio of the worst to the best group's rate
 (max / min) and of the worst group to the geometric mean of all groups (max / geometric mean, the measure NIST proposed in
 2022). A ratio of 1 means equal error rates; 10 means the worst group suffers ten times the errors.</p>
-<p><b>Intervals</b> ({report['confidence']:.0%}) come from a bootstrap that resamples <i>people</i>, not pairs, because
+<p><b>Intervals</b> ({{ confidence }}) come from a bootstrap that resamples <i>people</i>, not pairs, because
 pairs of the same person are not independent. Where a group has no errors at all, the interval is [0, 3/N] (the
-“rule of three”). A group with fewer than {report['min_impostor_pairs']:,.0f} impostor pairs (10 / target FMR) cannot
-measure an FMR of {report['target_fmr']:g}; it is flagged and left blank rather than given a misleading number.</p>
-"""
-    caveats = "".join(f"<li>{escape(c)}</li>" for c in report["caveats"])
-    model = escape(str(report.get("model_id") or "unknown"))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>latentface fairness audit</title>
-<style>{CSS}</style></head><body>
-<h1>Face-verification fairness audit</h1>
-<p class="note">Model <code>{model}</code> · groups by <code>{escape(" × ".join(report["group_by"]))}</code> ·
-generated {escape(str(report.get("generated_at", "")))} by latentface · report schema {escape(str(report.get("schema", "")))}</p>
-{method}
-<h2>Data and operating point</h2>{summary}
+“rule of three”). A group with fewer than {{ "{:,.0f}".format(r.min_impostor_pairs) }} impostor pairs (10 / target FMR) cannot
+measure an FMR of {{ target }}; it is flagged and left blank rather than given a misleading number.</p>
+
+<h2>Data and operating point</h2>
+<table>
+{%- for label, key, value, kind in summary %}
+<tr><th class="name">{{ label }}</th>{% if kind.startswith("ci:") %}{{ ci_cell(key, value, kind[3:]) }}{% else %}{{ cell(key, value, kind) }}{% endif %}</tr>
+{%- endfor %}
+</table>
+
 <h2>Error rates per group</h2>
 <p class="note">Shaded cells mark the worst group for each rate. “—” means not measured (see flags).</p>
-{_groups_table(report)}
-{_img(rates_png(report), "FMR and FNMR per group with intervals")}
-<h2>Differentials across groups</h2>{_diff_table(report)}
+<table><tr><th class="name">group</th><th>identities</th><th>images</th><th>genuine pairs</th><th>FNMR</th><th>FNMR {{ confidence }} CI</th><th>impostor pairs (within group)</th><th>FMR</th><th>FMR {{ confidence }} CI</th><th>threshold for FMR {{ target }}</th><th>flags</th></tr>
+{%- for name, g in r.groups.items() %}{% set k = "groups." ~ name %}
+<tr><td class="name">{{ name }}</td>{{ cell(k ~ ".n_identities", g.n_identities, "int") }}{{ cell(k ~ ".n_images", g.n_images, "int") }}{{ cell(k ~ ".n_genuine", g.n_genuine, "int") }}{{ cell(k ~ ".fnmr", g.fnmr, "rate", name == worst_fnmr and g.fnmr) }}{{ ci_cell(k ~ ".fnmr_ci", g.fnmr_ci, "rate") }}{{ cell(k ~ ".n_impostor", g.n_impostor, "int") }}{{ cell(k ~ ".fmr", g.fmr, "rate", name == worst_fmr and g.fmr) }}{{ ci_cell(k ~ ".fmr_ci", g.fmr_ci, "rate") }}{{ cell(k ~ ".threshold_for_target", g.threshold_for_target, "threshold") }}<td class="flag">{{ g.flags | map("flag_text") | join("; ") }}</td></tr>
+{%- endfor %}
+</table>
+<img alt="FMR and FNMR per group with intervals" src="{{ rates_png }}">
+
+<h2>Differentials across groups</h2>
+<table><tr><th class="name">rate</th><th>max / min</th><th>CI</th><th>max / geometric mean</th><th>CI</th><th class="name">worst group</th><th class="name">best group</th><th>groups compared</th></tr>
+{%- for metric in ("fmr", "fnmr") %}{% set d = r.differentials[metric] %}{% set k = "differentials." ~ metric %}
+<tr><td class="name">{{ metric | upper }}</td>{{ cell(k ~ ".max_min_ratio", d.max_min_ratio, "ratio") }}{{ ci_cell(k ~ ".max_min_ratio_ci", d.max_min_ratio_ci, "ratio") }}{{ cell(k ~ ".max_geomean_ratio", d.max_geomean_ratio, "ratio") }}{{ ci_cell(k ~ ".max_geomean_ratio_ci", d.max_geomean_ratio_ci, "ratio") }}<td class="name">{{ d.worst_group or "—" }}</td><td class="name">{{ d.best_group or "—" }}</td>{{ cell(k ~ ".n_groups", d.n_groups, "int") }}</tr>
+{%- endfor %}
+</table>
+
 <h2>Cross-group false match rates</h2>
 <p class="note">FMR of impostor pairs with one person from the row group and one from the column group, at the global
 threshold. The diagonal equals each group's FMR above.</p>
-{_cross_table(report)}
+{%- set cg = r.cross_group_fmr %}
+<table><tr><th class="name">group \ group</th>{% for n in cg.groups %}<th>{{ n }}</th>{% endfor %}</tr>
+{%- for a in cg.groups %}{% set i = loop.index0 %}
+<tr><th class="name">{{ a }}</th>{% for b in cg.groups %}{{ cell("cross_group_fmr.fmr." ~ i ~ "." ~ loop.index0, cg.fmr[i][loop.index0], "rate") }}{% endfor %}</tr>
+{%- endfor %}
+</table>
+
 <h2>DET curves</h2>
 <p class="note">Each curve shows the trade-off for one group as the threshold moves: lower and further left is better.
 The dot is where the global threshold puts the group.</p>
-{_img(det_png(report), "DET curves per group")}
+<img alt="DET curves per group" src="{{ det_png }}">
 <h2>Score distributions</h2>
 <p class="note">How similarity scores of impostor pairs (left) and genuine pairs (right) are spread per group. Impostor
 mass to the right of the dashed threshold is false matches; genuine mass to its left is false non-matches.</p>
-{_img(scores_png(report), "score distributions per group")}
-{_latent(report)}
-<h2>Caveats</h2><ul>{caveats}</ul>
+<img alt="score distributions per group" src="{{ scores_png }}">
+
+<h2>Latent analysis of the training data</h2>
+{%- set lat = r.latent %}
+{%- if not lat %}
+<p class='note'>Not included: run <code>latentface analyze</code> on the training set and pass its output folder to the audit
+(<code>--analysis-dir</code>) to show under-represented clusters beside the error rates.</p>
+{%- else %}
+<p class='lead'>From <code>{{ lat.source }}</code> (method {{ lat.method }}, {{ lat.n }} samples). Clusters are regions of the embedding space where the training data is thin,
+most under-represented first. A group whose weight share is well above its data share is
+under-represented in training; compare with its error rates above.</p>
+<h3>Under-represented clusters</h3>
+<table><tr><th>cluster</th><th>size</th><th>mass</th><th>mean density</th><th>mean weight</th><th class="name">group composition</th></tr>
+{%- for c in lat.clusters %}{% set k = "latent.clusters." ~ loop.index0 %}
+<tr>{{ cell(k ~ ".id", c.id, "int") }}{{ cell(k ~ ".size", c.size, "int") }}{{ cell(k ~ ".mass", c.mass, "rate") }}{{ cell(k ~ ".mean_density", c.mean_density, "rate") }}{{ cell(k ~ ".mean_weight", c.mean_weight, "rate") }}<td class="name">
+{%- for col, shares in c.group_composition.items() %}{% if not loop.first %}; {% endif %}{{ col }}: {% for v, s in shares.items() %}{% if not loop.first %}, {% endif %}{{ v }} {{ "{:.0%}".format(s) }}{% endfor %}{% endfor -%}
+</td></tr>
+{%- endfor %}
+</table>
+<h3>Group weight mass</h3>
+<table><tr><th class="name">attribute</th><th class="name">value</th><th>share of data</th><th>share of weight</th></tr>
+{%- for col, vals in lat.group_weight_mass.items() %}{% for v, d in vals.items() %}{% set k = "latent.group_weight_mass." ~ col ~ "." ~ v %}
+<tr><td class="name">{{ col }}</td><td class="name">{{ v }}</td>{{ cell(k ~ ".data_share", d.get("data_share"), "rate") }}{{ cell(k ~ ".weight_mass", d.get("weight_mass"), "rate") }}</tr>
+{%- endfor %}{% endfor %}
+</table>
+{%- endif %}
+<h2>Caveats</h2><ul>{% for c in r.caveats %}<li>{{ c }}</li>{% endfor %}</ul>
 <p class="note">Every number on this page is also in <code>report.json</code>, under the key shown in each cell's
 <code>data-key</code> attribute.</p>
 </body></html>
 """
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["fmt"] = _fmt
+    # json.dumps, escaped by autoescape like any other text (Jinja's own tojson marks its output safe).
+    env.filters["tojson_value"] = json.dumps
+    env.filters["flag_text"] = lambda f: FLAG_TEXT.get(f, f)
+    env.globals["upper"] = _upper
+    return env
+
+
+_TEMPLATE = _environment().from_string(TEMPLATE)
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The report as one HTML page that a first-time reader can follow."""
+    d = report["data"]
+    o = report["overall"]
+    confidence = f"{report['confidence']:.0%}"
+    threshold_source = (
+        f"set so that the FMR over all impostor pairs is at most {report['target_fmr']:g}"
+        if report["threshold_source"] == "target_fmr"
+        else "given by the deployment (not derived from a target FMR)"
+    )
+    summary = [
+        ("global threshold (cosine; match when score ≥ threshold)", "threshold", report["threshold"], "threshold"),
+        ("target FMR", "target_fmr", report["target_fmr"], "rate"),
+        ("overall FMR (all impostor pairs)", "overall.fmr", o["fmr"], "rate"),
+        (f"overall FMR, {confidence} interval", "overall.fmr_ci", o["fmr_ci"], "ci:rate"),
+        ("overall FNMR (all genuine pairs)", "overall.fnmr", o["fnmr"], "rate"),
+        (f"overall FNMR, {confidence} interval", "overall.fnmr_ci", o["fnmr_ci"], "ci:rate"),
+        ("images", "data.n_images", d["n_images"], "int"),
+        ("images audited (identity has a group label)", "data.n_images_audited", d["n_images_audited"], "int"),
+        ("identities", "data.n_identities", d["n_identities"], "int"),
+        ("identities audited", "data.n_identities_audited", d["n_identities_audited"], "int"),
+        ("identities with a single image (no genuine pair)", "data.n_identities_single_image", d["n_identities_single_image"], "int"),
+        ("genuine pairs scored", "overall.n_genuine", o["n_genuine"], "int"),
+        ("impostor pairs scored", "overall.n_impostor", o["n_impostor"], "int"),
+        ("minimum impostor pairs to report a group's FMR", "min_impostor_pairs", report["min_impostor_pairs"], "int"),
+    ]
+    r = {"latent": None, "model_id": None, "generated_at": None, "schema": None, **report}
+    return _TEMPLATE.render(
+        r=r,
+        css=Markup(CSS),  # our own constant
+        summary=summary,
+        confidence=confidence,
+        target=f"{report['target_fmr']:g}",
+        threshold_source=threshold_source,
+        worst_fmr=report["differentials"]["fmr"].get("worst_group"),
+        worst_fnmr=report["differentials"]["fnmr"].get("worst_group"),
+        rates_png=_png(rates_png(report)),
+        det_png=_png(det_png(report)),
+        scores_png=_png(scores_png(report)),
+    )
