@@ -467,21 +467,19 @@ def test_verify_against_a_subject_deleted_meanwhile_is_not_found_never_no_match(
 def test_a_snapshot_write_does_not_block_searches_or_enrolls(tmp_path, rng) -> None:
     """The copy is taken under the lock, the (long) write and fsync outside it: a search and an enroll
     started once the temp file exists finish before the snapshot is renamed into place."""
-    n = 400_000
+    n, dim = 100_000, 384  # a 150 MB snapshot: its write + fsync takes long enough to overlap
     cfg = config(tmp_path)
     g = Gallery.open(cfg, background=False)
     try:
         g.create_collection("c")
-        for s in range(0, n, 100_000):
-            g.bulk_enroll("c", [f"s{i}" for i in range(s, s + 100_000)], unit(rng, 100_000), model_id="m",
-                          maintain=False)
+        g.bulk_enroll("c", [f"s{i % 1000}" for i in range(n)], unit(rng, n, dim), model_id="m", maintain=False)
         index_dir = tmp_path / "index"
         final = index_dir / f"{g.get_collection('c').incarnation}.lfidx"
         t = threading.Thread(target=g.snapshot, args=("c",))
         t.start()
         while not any(".tmp-" in p.name for p in index_dir.iterdir()):
             time.sleep(0.0005)
-        q = unit(rng, 1)
+        q = unit(rng, 1, dim)
         g.search("c", q, 5)
         res = g.enroll("c", "late", q, model_id="m")
         done_during_write = not final.exists()
