@@ -19,7 +19,7 @@ from embeddings.errors import InvalidInput
 
 __all__ = ["BenchOptions", "PARTS", "run_bench"]
 
-PARTS: tuple[str, ...] = ("encoder", "detect", "identify", "analysis", "audit")
+PARTS: tuple[str, ...] = ("encoder", "detect", "identify", "analysis", "audit", "real")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class BenchOptions:
     work_dir: Path = field(default_factory=lambda: Path("bench-out"))
     quick: bool = False
     weights: str = "random"
+    # The ``real`` part's photos: <person>/<image> with MANIFEST.csv (path,identity).
+    faces_dir: Path = field(default_factory=lambda: Path("../shared/faces"))
 
 
 def run_bench(
@@ -49,7 +51,13 @@ def run_bench(
     import torch
 
     result: dict[str, Any] = {
-        "machine": {"cpus": _cpu_count(), "platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "cpus": _cpu_count(),
+            "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_flags": _cpu_flags(),
+        },
         "options": {
             "gallery_size": options.gallery_size,
             "analysis_size": options.analysis_size,
@@ -65,6 +73,26 @@ def run_bench(
         result.update(runner(options))
         result[f"{part}_part_s"] = round(time.perf_counter() - start, 2)
     return result
+
+
+# The CPU features that decide the encoder's and FAISS's code paths.
+_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpu_flags() -> dict[str, Any]:
+    """Model name and the feature flags that matter, from /proc/cpuinfo (empty where absent)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {"model": model, **{flag: flag in flags for flag in _FLAGS}}
 
 
 def _cpu_count() -> int:

@@ -26,6 +26,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=Path("bench-out"))
     p.add_argument("--quick", action="store_true", help="smaller inputs (smoke run)")
+    p.add_argument(
+        "--faces",
+        type=Path,
+        default=Path("../shared/faces"),
+        help="real photos for the 'real' part: <person>/<image> with MANIFEST.csv (default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print only the JSON object (default prints it too)")
     p.set_defaults(handler=run)
 
@@ -47,6 +53,7 @@ def run(args, config) -> int:
         work_dir=args.work_dir,
         quick=args.quick,
         weights=args.weights or "random",
+        faces_dir=args.faces,
     )
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = run_bench(only, options, extra_parts={"server": _server_part}, log=log)
