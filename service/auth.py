@@ -39,6 +39,7 @@ import grpc
 
 from embeddings.datadir import private_file
 from embeddings.errors import InvalidInput, NotFound, PermissionDenied, StorageError, Unauthenticated
+from embeddings.names import shown
 from service._rpc_wrap import run_in_context
 
 __all__ = [
@@ -364,7 +365,7 @@ def authorize(collection: str | None, role: str) -> None:
     if not principal.allows(collection, role):
         if _RANK[principal.role] < _RANK[role]:
             raise PermissionDenied(f"this API key has role {principal.role!r}; the call needs {role!r}")
-        raise PermissionDenied(f"this API key may not access collection {collection!r}")
+        raise PermissionDenied(f"this API key may not access collection {shown(collection)}")
 
 
 def visible_collections(names: Iterable[str]) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from embeddings.errors import InvalidInput
+from embeddings.names import shown
 from embeddings.types import Candidate, DetectedFace, FaceEmbedding, MatchDecision, Quality
 from service._generated.latentface.v1 import common_pb2, face_pb2
 
@@ -119,7 +120,7 @@ def face_id_from_wire(face_id: str) -> int:
     try:
         return int(face_id)
     except ValueError as exc:
-        raise InvalidInput(f"face_id must be an id returned by Enroll, got {face_id!r}") from exc
+        raise InvalidInput(f"face_id must be an id returned by Enroll, got {shown(face_id)}") from exc
 
 
 def string_map(values: Mapping[str, Any] | None) -> dict[str, str]:

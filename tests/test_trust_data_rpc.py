@@ -110,3 +110,43 @@ def test_a_served_data_dir_is_owner_only(tmp_path) -> None:
     assert {"gallery.sqlite3", "keys.sqlite3", "jobs.sqlite3"} <= set(modes)
     for path, mode in modes.items():
         assert mode == (0o700 if (data / path).is_dir() else 0o600), (path, oct(mode))
+
+
+def test_no_long_input_is_echoed_by_the_service_layer(tmp_path) -> None:
+    """Auth and wire conversion run before the domain's checks: their messages echo a short prefix too."""
+    gallery = Gallery.open(GalleryConfig(data_dir=tmp_path / "data"), background=False)
+    config = load_config({"data_dir": str(tmp_path / "data"), "server.port": 0, "server.auth": True}, env={})
+    server, port = create_server(config, engine=FaceEngine(None, gallery))
+    server.start()
+    try:
+        _, secret = server.keystore.create(name="scoped", role="write", collections=["mine"])
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        face = face_pb2_grpc.FaceServiceStub(channel)
+        meta = (("authorization", f"Bearer {secret}"),)
+        with pytest.raises(grpc.RpcError) as err:
+            face.GetSubject(face_pb2.GetSubjectRequest(collection="q" * 100_000, subject_id="a"), metadata=meta, timeout=30)
+        assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED and len(err.value.details()) < 200
+        with pytest.raises(grpc.RpcError) as err:
+            face.DeleteFace(face_pb2.DeleteFaceRequest(collection="mine", face_id="x" * 100_000), metadata=meta, timeout=30)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and len(err.value.details()) < 200
+        channel.close()
+    finally:
+        server.stop(0.5)
+        gallery.close()
+
+
+def test_local_cli_beside_a_running_server_is_refused_naming_it(tmp_path, capsys) -> None:
+    """A local-mode CLI next to a server would snapshot an index without the server's writes and
+    truncate the log past them; it now exits 4 (UNAVAILABLE) and names the holder."""
+    import os
+
+    from service.cli import main
+
+    data = tmp_path / "data"
+    with Gallery.open(GalleryConfig(data_dir=data), background=False) as g:
+        g.create_collection("c")
+        assert main(["collections", "list", "--data-dir", str(data)]) == 4
+        err = capsys.readouterr().err
+        assert f"is in use by pid {os.getpid()}" in err and "--server" in err
+    assert main(["collections", "list", "--data-dir", str(data)]) == 0
+    assert '"name": "c"' in capsys.readouterr().out
