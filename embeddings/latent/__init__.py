@@ -8,13 +8,22 @@ the under-represented regions.
 
 from __future__ import annotations
 
-from embeddings.latent.analysis import DEFAULT_ALPHA, DEFAULT_METHOD, MAX_VAES, AnalysisResult, run_analysis
+from embeddings.latent.analysis import (
+    DEFAULT_ALPHA,
+    DEFAULT_METHOD,
+    DEFAULT_MIN_ESS,
+    MAX_VAES,
+    AnalysisResult,
+    ess_floor_weights,
+    run_analysis,
+)
 from embeddings.latent.clusters import Cluster, find_clusters, kmeans_labels
 from embeddings.latent.density import (
     METHODS,
     DensityEstimator,
     GMMDensity,
     HistogramDensity,
+    KDEDensity,
     KNNDensity,
     make_estimator,
 )
@@ -32,15 +41,18 @@ __all__ = [
     "Cluster",
     "DEFAULT_ALPHA",
     "DEFAULT_METHOD",
+    "DEFAULT_MIN_ESS",
     "MAX_VAES",
     "DensityEstimator",
     "EmbeddingVAE",
     "GMMDensity",
     "HistogramDensity",
+    "KDEDensity",
     "KNNDensity",
     "METHODS",
     "clip_weights",
     "effective_sample_size",
+    "ess_floor_weights",
     "find_clusters",
     "inverse_density_weights",
     "kmeans_labels",

@@ -1,0 +1,311 @@
+"""Benchmark part ``analysis-suite``: every method and baseline on the planted scenario suite (issue #11).
+
+For each scenario (:mod:`embeddings.synthetic.scenarios`) and method: the minority's weight mass ÷
+its data share (``mass_ratio``, the smallest over planted minorities), the AUROC of the weights for
+the minority (``auroc``), the effective sample size ÷ N (``ess``) and the largest ÷ smallest group
+share after resampling (``balance``). Methods: ``default`` (``run_analysis`` as shipped), ``gmm`` and
+``histogram`` (the DB-VAE rule) on the same VAE's μ, and the baselines ``uniform``, ``pca-knn`` and
+``mahalanobis``. Then each method's worst case per criterion and the issue's criteria, checked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embeddings.latent import (
+    DEFAULT_ALPHA,
+    HistogramDensity,
+    clip_weights,
+    effective_sample_size,
+    inverse_density_weights,
+    make_estimator,
+    run_analysis,
+)
+from embeddings.latent.baselines import BASELINES, baseline_weights
+from embeddings.synthetic.scenarios import PlantedData, Scenario, full_suite, load_real, quick_suite
+
+__all__ = [
+    "METHODS",
+    "check_criteria",
+    "evaluate",
+    "format_table",
+    "run",
+    "run_suite",
+    "score",
+    "stability",
+    "worst_cases",
+]
+
+METHODS = ("default", "gmm", "histogram", *BASELINES)
+NULL_SUBSETS = (
+    20  # one random subset's AUROC has a sampling spread of ~0.03 at 2 000 rows; the mean of 20 does not
+)
+
+
+def score(weights: np.ndarray, planted: PlantedData) -> dict[str, float]:
+    """The four figures of one weight vector against the planted truth (null: random 5% subsets)."""
+    from sklearn.metrics import roc_auc_score
+
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    n = w.size
+    out: dict[str, float] = {"ess": effective_sample_size(w) / n}
+    groups = planted.groups
+    masses = [float(w[groups == g].sum()) for g in np.unique(groups)]
+    out["balance"] = max(masses) / max(min(masses), 1e-300)
+    if planted.kind == "null":
+        rng = np.random.default_rng(planted.scenario.seed)
+        m, a = [], []
+        for _ in range(NULL_SUBSETS):
+            subset = np.zeros(n, bool)
+            subset[rng.choice(n, n // 20, replace=False)] = True
+            m.append(float(w[subset].sum()))
+            a.append(float(roc_auc_score(subset, w)))
+        out["mass"] = float(np.mean(m))
+        out["mass_ratio"] = out["mass"] / 0.05
+        out["auroc"] = float(np.mean(a))
+        return out
+    ratios, aurocs = [], []
+    for mask in planted.minorities.values():
+        ratios.append(float(w[mask].sum() / mask.mean()))
+        aurocs.append(float(roc_auc_score(mask, w)) if w.std() > 0 else 0.5)
+    out["mass_ratio"] = min(ratios)
+    out["auroc"] = min(aurocs)
+    return out
+
+
+def evaluate(
+    planted: PlantedData, *, methods: Iterable[str] = METHODS, seed: int = 0, strongest: bool = False
+) -> list[dict[str, Any]]:
+    """One row per method (plus ``default-strongest`` when asked) for one planted dataset."""
+    ds = planted.dataset
+    sc = planted.scenario
+    rows: list[dict[str, Any]] = []
+    share = min(float(m.mean()) for m in planted.minorities.values())
+    meta = {
+        "scenario": sc.name,
+        "kind": planted.kind,
+        "share": round(share, 4),
+        "n": len(ds),
+        "dim": ds.vectors.shape[1],
+        "seed": sc.seed,
+    }
+    methods = list(methods)
+    result = None
+    for method in methods:
+        start = time.perf_counter()
+        if method == "default":
+            result = run_analysis(ds, seed=seed)
+            w = result.weights
+        elif method in ("gmm", "histogram"):
+            if result is None:
+                result = run_analysis(ds, seed=seed)
+            # The same VAE's active μ as the default, so only the density estimator differs.
+            est = make_estimator(
+                method, alpha=DEFAULT_ALPHA[method], **({"seed": seed} if method == "gmm" else {})
+            )
+            est.fit(result.latent)
+            if isinstance(est, HistogramDensity):
+                raw = est.sample_weights()
+            else:
+                raw = inverse_density_weights(est._train_log_density(), alpha=DEFAULT_ALPHA[method])
+            w = clip_weights(raw, max_ratio=50.0)
+        else:
+            w = baseline_weights(method, ds.vectors, seed=seed)
+        rows.append(
+            {**meta, "method": method, **score(w, planted), "s": round(time.perf_counter() - start, 2)}
+        )
+    if strongest:
+        start = time.perf_counter()
+        w = run_analysis(ds, seed=seed, alpha=0.0, max_weight_ratio=None, n_vaes=3).weights
+        rows.append(
+            {
+                **meta,
+                "method": "default-strongest",
+                **score(w, planted),
+                "s": round(time.perf_counter() - start, 2),
+            }
+        )
+    return rows
+
+
+def stability(planted: PlantedData, *, seed: int = 0) -> dict[str, float]:
+    """Spearman correlation of the default weights with another analysis seed, and with an 80% subsample's."""
+    from scipy.stats import spearmanr
+
+    ds = planted.dataset
+    base = run_analysis(ds, seed=seed).weights
+    other = run_analysis(ds, seed=seed + 1).weights
+    keep = np.sort(np.random.default_rng(seed + 7).choice(len(ds), int(0.8 * len(ds)), replace=False))
+    sub = run_analysis(ds.subset(keep), seed=seed).weights
+    return {
+        "spearman_seed": float(spearmanr(base, other).statistic),
+        "spearman_subsample": float(spearmanr(base[keep], sub).statistic),
+    }
+
+
+def _is_95_5(planted: PlantedData) -> bool:
+    shares = planted.scenario.params.get("shares")
+    return planted.kind == "separable" and shares is not None and list(shares) == [0.05]
+
+
+def run_suite(
+    scenarios: Iterable[Scenario | PlantedData],
+    *,
+    methods: Iterable[str] = METHODS,
+    stability_on: Callable[[PlantedData], bool] = lambda _p: False,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Rows for every scenario × method, stability where asked, each method's worst cases and the criteria."""
+    rows: list[dict[str, Any]] = []
+    stab: list[dict[str, Any]] = []
+    for item in scenarios:
+        planted = item if isinstance(item, PlantedData) else item.make()
+        log(f"analysis-suite: {planted.scenario.label}")
+        rows += evaluate(planted, methods=methods, strongest=_is_95_5(planted))
+        if stability_on(planted):
+            stab.append({"scenario": planted.scenario.label, **stability(planted)})
+    worst = worst_cases(rows)
+    return {"rows": rows, "stability": stab, "worst": worst, "criteria": check_criteria(rows, stab)}
+
+
+def worst_cases(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per method: the smallest mass ratio and AUROC on separable minorities, the smallest AUROC on
+    correlation-only ones in high-variance directions, the largest null deviations, the smallest ESS."""
+    out: dict[str, dict[str, float]] = {}
+    for method in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == method]
+        sep = [r for r in mine if r["kind"] == "separable"]
+        corr = [r for r in mine if r["kind"] == "correlation-high"]
+        null = [r for r in mine if r["kind"] == "null"]
+        w: dict[str, float] = {"ess_min": min(r["ess"] for r in mine)}
+        if sep:
+            w["separable_mass_ratio_min"] = min(r["mass_ratio"] for r in sep)
+            w["separable_auroc_min"] = min(r["auroc"] for r in sep)
+        if corr:
+            w["correlation_high_auroc_min"] = min(r["auroc"] for r in corr)
+        if null:
+            w["null_mass_max_error"] = max(abs(r["mass"] - 0.05) for r in null)
+            w["null_auroc_max_error"] = max(abs(r["auroc"] - 0.5) for r in null)
+        w["balance_max"] = max(r["balance"] for r in mine)
+        out[method] = {k: round(v, 4) for k, v in w.items()}
+    return out
+
+
+def check_criteria(
+    rows: list[dict[str, Any]], stab: list[dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The issue's criteria for the default method, worst case over what ran: {name: {value, target, holds}}."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def put(name: str, value: float, target: str, holds: bool) -> None:
+        out[name] = {"value": round(float(value), 4), "target": target, "holds": bool(holds)}
+
+    default = [r for r in rows if r["method"] == "default"]
+    sep = [r for r in default if r["kind"] == "separable"]
+    # Shares are realised counts (0.0099 for a planted 1%): compare with half a percent of slack.
+    eligible = [r for r in sep if 0.0095 <= r["share"] <= 0.0505]
+    small = [r for r in sep if r["share"] < 0.0095]
+    if eligible:
+        ratio, auroc = min(r["mass_ratio"] for r in eligible), min(r["auroc"] for r in eligible)
+        put("separable_1_5pct_mass_ratio", ratio, ">= 5", ratio >= 5)
+        put("separable_1_5pct_auroc", auroc, ">= 0.9", auroc >= 0.9)
+    if small:
+        ratio = min(r["mass_ratio"] for r in small)
+        put("separable_0.5pct_mass_ratio", ratio, ">= 3", ratio >= 3)
+    corr = [r for r in rows if r["kind"] == "correlation-high"]
+    if corr:
+        keys = {(r["scenario"], r["n"], r["dim"], r["seed"]) for r in corr}
+        shortfall = []
+        for key in keys:
+            here = [r for r in corr if (r["scenario"], r["n"], r["dim"], r["seed"]) == key]
+            best_baseline = max(
+                (r["auroc"] for r in here if r["method"] in BASELINES or r["method"] == "histogram"),
+                default=0.0,
+            )
+            d = next(r["auroc"] for r in here if r["method"] == "default")
+            shortfall.append(d - max(0.65, best_baseline))
+        put(
+            "correlation_high_auroc_minus_target",
+            min(shortfall),
+            ">= 0 (target max(0.65, best baseline))",
+            min(shortfall) >= 0,
+        )
+    null = [r for r in default if r["kind"] == "null"]
+    if null:
+        err = max(abs(r["mass"] - 0.05) for r in null)
+        put("null_mass_max_error", err, "<= 0.01", err <= 0.01)
+        err = max(abs(r["auroc"] - 0.5) for r in null)
+        put("null_auroc_max_error", err, "<= 0.03", err <= 0.03)
+    if default:
+        ess = min(r["ess"] for r in default)
+        put("ess_min", ess, ">= 0.1", ess >= 0.1)
+    strong = [r for r in rows if r["method"] == "default-strongest"]
+    if strong:
+        bal = max(r["balance"] for r in strong)
+        put("strongest_balance_max", bal, "<= 1.5", bal <= 1.5)
+        ess = min(r["ess"] for r in strong)
+        put("strongest_ess_min", ess, ">= 0.05", ess >= 0.05)
+    if stab:
+        rho = min(min(s["spearman_seed"], s["spearman_subsample"]) for s in stab)
+        put("stability_spearman_min", rho, ">= 0.9", rho >= 0.9)
+    return out
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per scenario, one ``mass ratio / AUROC / ESS / balance`` cell per method."""
+    methods = [m for m in (*METHODS, "default-strongest") if any(r["method"] == m for r in rows)]
+    keys: list[tuple] = []
+    for r in rows:
+        key = (r["scenario"], r["n"], r["dim"], r["seed"])
+        if key not in keys:
+            keys.append(key)
+    lines = ["| scenario | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for key in keys:
+        cells = []
+        for m in methods:
+            r = next(
+                (r for r in rows if (r["scenario"], r["n"], r["dim"], r["seed"]) == key and r["method"] == m),
+                None,
+            )
+            cells.append(
+                ""
+                if r is None
+                else f"{r['mass_ratio']:.1f} / {r['auroc']:.2f} / {r['ess']:.2f} / {r['balance']:.1f}"
+            )
+        lines.append(f"| {key[0]} n{key[1]} d{key[2]} s{key[3]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(options: Any) -> dict[str, Any]:
+    """``analysis_suite``: the quick subset with ``options.quick``, else the full suite at 2k and 10k rows,
+    plus the real-embeddings scenario when ``LATENTFACE_REAL_EMBEDDINGS`` names ``FILE.npy`` (labels
+    beside it as ``FILE.csv``)."""
+    import sys
+
+    items: list[Any] = list(quick_suite() if options.quick else full_suite())
+    real = os.environ.get("LATENTFACE_REAL_EMBEDDINGS")
+    skipped = []
+    if real:
+        npy = Path(real)
+        planted = load_real(npy, npy.with_suffix(".csv"))
+        if len(planted.dataset) >= 50:
+            items.append(planted)
+        else:
+            skipped.append(f"real: {len(planted.dataset)} rows, the analysis needs 50")
+    else:
+        skipped.append("real: LATENTFACE_REAL_EMBEDDINGS not set")
+    out = run_suite(
+        items,
+        stability_on=lambda p: (
+            p.scenario.seed == 0 and p.kind in ("separable", "null") and p.scenario.n <= 2000
+        ),
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    return {"analysis_suite": {**out, "skipped": skipped, "table": format_table(out["rows"])}}
