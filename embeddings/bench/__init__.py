@@ -19,7 +19,7 @@ from embeddings.errors import InvalidInput
 
 __all__ = ["BenchOptions", "PARTS", "run_bench"]
 
-PARTS: tuple[str, ...] = ("encoder", "detect", "identify", "analysis", "audit", "real")
+PARTS: tuple[str, ...] = ("encoder", "detect", "identify", "analysis", "analysis-suite", "audit", "real")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class BenchOptions:
     weights: str = "random"
     # The ``real`` part's photos: <person>/<image> with MANIFEST.csv (path,identity).
     faces_dir: Path = field(default_factory=lambda: Path("../shared/faces"))
+    # The analysis suite's "real" scenario: FILE.npy with FILE.csv beside it (skipped when None).
+    real_embeddings: Path | None = None
 
 
 def run_bench(
@@ -69,7 +71,7 @@ def run_bench(
     for part in selected:
         log(f"bench: running {part}")
         start = time.perf_counter()
-        runner = extra.get(part) or importlib.import_module(f"embeddings.bench.{part}").run
+        runner = extra.get(part) or importlib.import_module(f"embeddings.bench.{part.replace('-', '_')}").run
         result.update(runner(options))
         result[f"{part}_part_s"] = round(time.perf_counter() - start, 2)
     return result

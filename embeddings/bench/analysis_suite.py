@@ -10,7 +10,6 @@ share after resampling (``balance``). Methods: ``default`` (``run_analysis`` as 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -285,12 +284,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def run(options: Any) -> dict[str, Any]:
     """``analysis_suite``: the quick subset with ``options.quick``, else the full suite at 2k and 10k rows,
-    plus the real-embeddings scenario when ``LATENTFACE_REAL_EMBEDDINGS`` names ``FILE.npy`` (labels
+    plus the real-embeddings scenario when ``options.real_embeddings`` names ``FILE.npy`` (labels
     beside it as ``FILE.csv``)."""
     import sys
 
     items: list[Any] = list(quick_suite() if options.quick else full_suite())
-    real = os.environ.get("LATENTFACE_REAL_EMBEDDINGS")
+    real = getattr(options, "real_embeddings", None)
     skipped = []
     if real:
         npy = Path(real)
@@ -300,7 +299,7 @@ def run(options: Any) -> dict[str, Any]:
         else:
             skipped.append(f"real: {len(planted.dataset)} rows, the analysis needs 50")
     else:
-        skipped.append("real: LATENTFACE_REAL_EMBEDDINGS not set")
+        skipped.append("real: no --real-embeddings given")
     out = run_suite(
         items,
         stability_on=lambda p: (

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser(
         "bench",
         parents=[common],
-        help="run the benchmark (encoder, detect, identify, analysis, audit, server)",
+        help="run the benchmark (encoder, detect, identify, analysis, analysis-suite, audit, real, server)",
         description="Measures the figures the issues set targets for. Use --only to run parts, "
         "--gallery-size to size the identify part, --analysis-size the analysis part.",
     )
@@ -31,6 +31,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         type=Path,
         default=Path("../shared/faces"),
         help="real photos for the 'real' part: <person>/<image> with MANIFEST.csv (default: %(default)s)",
+    )
+    p.add_argument(
+        "--real-embeddings",
+        type=Path,
+        default=None,
+        metavar="FILE.npy",
+        help="real embeddings for the analysis-suite part (labels in FILE.csv beside it); skipped when absent",
     )
     p.add_argument("--json", action="store_true", help="print only the JSON object (default prints it too)")
     p.set_defaults(handler=run)
@@ -54,6 +61,7 @@ def run(args, config) -> int:
         quick=args.quick,
         weights=args.weights or "random",
         faces_dir=args.faces,
+        real_embeddings=args.real_embeddings,
     )
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = run_bench(only, options, extra_parts={"server": _server_part}, log=log)
