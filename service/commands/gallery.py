@@ -1,7 +1,7 @@
 """Gallery commands: ``enroll``, ``verify``, ``identify``, ``delete``, ``calibrate``.
 
-Local mode opens the data directory directly (the server must not be running on it at the same
-time); ``--server HOST:PORT`` sends the same request to a running server through the client.
+Local mode opens the data directory directly (refused, naming the holder, while a server holds it);
+``--server HOST:PORT`` sends the same request to a running server through the client.
 """
 
 from __future__ import annotations
