@@ -484,6 +484,7 @@ def test_a_snapshot_write_does_not_block_searches_or_enrolls(tmp_path, rng) -> N
         res = g.enroll("c", "late", q, model_id="m")
         done_during_write = not final.exists()
         t.join()
+        assert final.exists()  # the path watched above is the snapshot's
         assert done_during_write, "search + enroll waited for the snapshot's write"
         assert hit_ids(g, "c", q, 1) == [[res.face_ids[0]]]
     finally:
