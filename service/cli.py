@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 a negative answer (``verify`` found no match), 2 bad input or usage,
 3 not found, 4 unavailable (weights, index), 5 authentication or permission, 6 any other
-latentface error, 130 interrupted.
+error (a latentface error of no other branch, or a bug: never 1, which scripts read as "no
+match"), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -100,12 +101,12 @@ def config_flags(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from service.config import load_config
+    from service.logs import quiet_libraries
+
+    quiet_libraries(level)
 
     try:
         config = load_config(config_flags(args))
@@ -118,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         suffix = f" (reasons: {', '.join(reasons)})" if reasons else ""
         print(f"latentface: error: {exc}{suffix}", file=sys.stderr)
         return exit_code_for(exc)
+    except Exception as exc:  # noqa: BLE001 - a bug: say so, keep the traceback, and never exit 1 ("no match")
+        logging.getLogger("latentface.cli").critical("unexpected error (a bug in latentface)", exc_info=exc)
+        print(f"latentface: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 6
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -113,6 +113,17 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
 
 
+# Libraries whose INFO lines are noise to an operator: faiss's loader reports every SIMD variant it
+# tries, with a ModuleNotFoundError for each one this CPU or build lacks, on every start.
+QUIET_LOGGERS = ("faiss", "faiss.loader")
+
+
+def quiet_libraries(level: int) -> None:
+    """Raise the quiet libraries' loggers to WARNING unless ``level`` asks for DEBUG."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+
+
 def configure_logging(format: str = "text", *, level: int = logging.INFO, stream: IO[str] | None = None) -> logging.Handler:
     """Route the root logger to ``stream`` (stderr) in ``"text"`` or ``"json"`` format; returns the handler.
 
@@ -132,4 +143,5 @@ def configure_logging(format: str = "text", *, level: int = logging.INFO, stream
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    quiet_libraries(level)
     return handler

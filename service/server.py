@@ -15,6 +15,7 @@ service/admission.py) → auth (binds the caller for the servicers' checks).
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 from collections.abc import Callable
@@ -214,8 +215,20 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
 
     Without ``engine`` the encoder, the dynamic batcher in front of it and the gallery under
     ``config.data_dir`` are built here (and owned: :meth:`LatentfaceServer.stop` snapshots and
-    closes them). A passed-in engine is used as it is and left open.
+    closes them). A passed-in engine is used as it is and left open. A start that fails (missing
+    weights, port in use) removes the data directory again if this start created it, so a typo or
+    a missing checkpoint leaves no empty directory that the next start would take as initialised.
     """
+    fresh = not config.data_dir.exists()
+    try:
+        return _create_server(config, engine=engine)
+    except BaseException:
+        if fresh and config.data_dir.is_dir():
+            shutil.rmtree(config.data_dir, ignore_errors=True)
+        raise
+
+
+def _create_server(config: ServiceConfig, *, engine: Any) -> tuple[LatentfaceServer, int]:
     from service.metrics import Metrics
 
     sc = config.server

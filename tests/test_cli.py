@@ -127,3 +127,13 @@ def test_folder_enroll_and_calibrate(photos, tmp_path):
     assert out["threshold"] <= expected[int(0.01 * len(impostor)) - 2] + 1e-9
     code, stats = run("collections", "stats", "--collection", "staff")
     assert stats["threshold"] == pytest.approx(out["threshold"])
+
+
+def test_a_crash_that_is_not_a_latentface_error_exits_6_not_1(tmp_path, capsys):
+    """Issue #10 item 19: 1 means "no match" to scripts; a bug must never look like an answer."""
+    scores = tmp_path / "scores.csv"
+    scores.write_bytes(b"\xff\xfe\x00\xe2score,genuine\n0.5,1\n")  # not UTF-8: the CSV reader raises UnicodeDecodeError
+    code, _ = run("calibrate", "--scores", str(scores))
+    err = capsys.readouterr().err
+    assert code == 6
+    assert "internal error: UnicodeDecodeError" in err

@@ -153,7 +153,26 @@ def _server_model_id(client: Client) -> str:
 
 def test_missing_weights_fail_at_start_with_exit_code_4(tmp_path: Path) -> None:
     env = {**os.environ, "LATENTFACE_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(tmp_path), "--port", "0", "--weights", str(tmp_path / "missing.pt")]
+    data_dir = tmp_path / "data"  # does not exist yet: a failed first start must not leave it behind (#10 item 20)
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--port", "0", "--weights", str(tmp_path / "missing.pt")]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 4, done.stderr
     assert "missing.pt" in done.stderr and "listening" not in done.stderr
+    assert not data_dir.exists()
+    assert "faiss.loader" not in done.stderr and "ModuleNotFoundError" not in done.stderr, done.stderr
+
+
+def test_a_started_server_keeps_its_data_dir_and_logs_no_faiss_noise(tmp_path: Path) -> None:
+    # faiss's loader logged INFO "Loading faiss ..." and a ModuleNotFoundError per SIMD variant on every start.
+    data_dir = tmp_path / "data"
+    proc = _serve(data_dir)
+    lines: list[str] = []
+    try:
+        _address(proc, lines)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        _reap(proc)
+    log = "".join(lines)
+    assert data_dir.is_dir() and (data_dir / "admin.key").exists()
+    assert "faiss.loader" not in log and "Loading faiss" not in log and "ModuleNotFoundError" not in log, log
