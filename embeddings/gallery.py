@@ -413,6 +413,11 @@ class Gallery:
             index_ntotal=idx.ntotal if idx is not None else 0,
         )
 
+    def collection_names(self) -> list[str]:
+        """The collections' names from memory (no store read: cheap enough for every metrics scrape)."""
+        with self._lock:
+            return sorted(self._colls)
+
     def index_size(self, name: str) -> int:
         """Live vectors in the collection's index (cheap, unlike :meth:`collection_stats`)."""
         idx = self._state(name).index
