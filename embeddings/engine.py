@@ -135,8 +135,10 @@ class FaceEngine:
         request_id: str | None = None,
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
+        aligned_crops: bool = False,
     ) -> EnrollResult:
-        """Enroll the best face of each image.
+        """Enroll the best face of each image (each image IS one aligned face crop when ``aligned_crops``:
+        detection and the quality gate are skipped, as in :meth:`FacePipeline.embed_crop`).
 
         NoFaceFound / QualityRejected if any image fails, DeadlineExceeded once ``deadline`` has
         passed and Cancelled once ``cancelled()`` is true before the write; then nothing is stored.
@@ -149,7 +151,10 @@ class FaceEngine:
         embs = []
         for i, img in enumerate(images):
             _check_cancelled(cancelled, f"after {i} of {len(images)} images")
-            embs.append(pipeline.embed_one(img, require_quality=True, deadline=deadline))
+            if aligned_crops:
+                embs.append(pipeline.embed_crop(img, deadline=deadline))
+            else:
+                embs.append(pipeline.embed_one(img, require_quality=True, deadline=deadline))
         # Last check before the write: a caller that gave up must not find a half-known enrollment.
         check_deadline(deadline, "before storing the enrollment")
         _check_cancelled(cancelled, "before storing the enrollment")
@@ -165,7 +170,9 @@ class FaceEngine:
             request_id=request_id,
             # A retry re-sends the same bytes; the embeddings of them need not be bit-identical
             # (batch composition changes the arithmetic), so the replay check hashes the bytes.
-            content_digest=_images_digest(images) if request_id is not None else None,
+            content_digest=(
+                _images_digest(images) + (":aligned" if aligned_crops else "") if request_id is not None else None
+            ),
         )
 
     def verify_images(

@@ -328,6 +328,7 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         groups: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        aligned_crops: bool = False,
     ) -> face_pb2.EnrollRequest:
         return face_pb2.EnrollRequest(
             collection=collection,
@@ -338,6 +339,7 @@ class Client:
             metadata=dict(metadata or {}),
             groups=dict(groups or {}),
             request_id=request_id or "",
+            aligned_crops=aligned_crops,
         )
 
     @_translating
@@ -352,9 +354,11 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         groups: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        aligned_crops: bool = False,
         timeout: float | None = None,
     ) -> EnrollResult:
-        """Enroll images (or ``(vector, model_id)`` embeddings); a repeated ``request_id`` replays the first result."""
+        """Enroll images (or ``(vector, model_id)`` embeddings); a repeated ``request_id`` replays the first
+        result. ``aligned_crops``: each image is one face already aligned as the server's model aligns it."""
         request = self._enroll_request(
             collection,
             subject_id,
@@ -364,6 +368,7 @@ class Client:
             metadata=metadata,
             groups=groups,
             request_id=request_id,
+            aligned_crops=aligned_crops,
         )
         return _enroll_result(self._face.Enroll(request, **self._kw(timeout=timeout)))
 

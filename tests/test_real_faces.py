@@ -13,6 +13,7 @@ import itertools
 import numpy as np
 import pytest
 
+from embeddings import errors
 from embeddings.config import PRETRAINED, EncoderConfig, GalleryConfig
 from embeddings.engine import FaceEngine
 from embeddings.gallery import Gallery
@@ -33,6 +34,16 @@ def embedded(real_faces, dlib_pipeline):
     )
     np.testing.assert_allclose(dlib_pipeline.encoder.encode(chips), vectors, atol=1e-5)
     return vectors, np.asarray(real_faces.identities), [r.face for r in results], chips
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _pair_scores(vectors: np.ndarray, identities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,6 +171,14 @@ def test_identification_through_the_server(tmp_path, real_faces) -> None:
             same = client.verify(image=amy[0].read_bytes(), reference_image=amy[1].read_bytes())
             other = client.verify(image=amy[0].read_bytes(), reference_image=howard[0].read_bytes())
             assert same.decision.is_match and not other.decision.is_match
+            # Enroll accepts faces the caller aligned itself (dlib chips here), as Embed does.
+            chip = _png(server.engine.pipeline.encoder.align(*server.engine.pipeline.detect(amy[1].read_bytes()))[0])
+            client.create_collection("aligned")
+            client.enroll("aligned", "amy", [chip], aligned_crops=True)
+            found = client.identify(amy[0].read_bytes(), "aligned", k=1).candidates[0]
+            assert found.subject_id == "amy" and found.decision.is_match
+            with pytest.raises(errors.InvalidInput, match="no face"):  # a blank image without aligned_crops
+                client.enroll("aligned", "amy2", [_png(np.zeros((150, 150, 3), np.uint8))])
     finally:
         server.stop(2.0)
 

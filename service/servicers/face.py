@@ -113,7 +113,13 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):
         if request.images:
             with self._track():
                 result = self._engine.enroll(
-                    collection, subject_id, list(request.images), deadline=deadline, cancelled=cancelled, **common
+                    collection,
+                    subject_id,
+                    list(request.images),
+                    deadline=deadline,
+                    cancelled=cancelled,
+                    aligned_crops=request.aligned_crops,
+                    **common,
                 )
         elif request.embeddings:
             pairs = [convert.embedding_from_proto(e) for e in request.embeddings]

@@ -42,7 +42,7 @@ class EmbedResponse(_message.Message):
     def __init__(self, faces: _Optional[_Iterable[_Union[FaceWithEmbedding, _Mapping]]] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("collection", "subject_id", "images", "embeddings", "display_name", "metadata", "groups", "request_id")
+    __slots__ = ("collection", "subject_id", "images", "embeddings", "display_name", "metadata", "groups", "request_id", "aligned_crops")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class EnrollRequest(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ALIGNED_CROPS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     subject_id: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
@@ -73,7 +74,8 @@ class EnrollRequest(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     groups: _containers.ScalarMap[str, str]
     request_id: str
-    def __init__(self, collection: _Optional[str] = ..., subject_id: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., embeddings: _Optional[_Iterable[_Union[_common_pb2.Embedding, _Mapping]]] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., groups: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    aligned_crops: bool
+    def __init__(self, collection: _Optional[str] = ..., subject_id: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., embeddings: _Optional[_Iterable[_Union[_common_pb2.Embedding, _Mapping]]] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., groups: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., aligned_crops: _Optional[bool] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("subject_id", "face_ids", "created_subject", "replayed")
