@@ -7,7 +7,7 @@ import pytest
 
 from embeddings.config import GalleryConfig
 from embeddings.engine import FaceEngine
-from embeddings.errors import CollectionNotFound, ModelMismatch, Unavailable
+from embeddings.errors import CollectionNotFound, ModelMismatch, RequestIdReused, Unavailable
 from embeddings.gallery import Gallery
 from embeddings.synthetic.gallery import identity_embeddings, noisy_faces
 
@@ -70,3 +70,10 @@ def test_image_paths(tmp_path, astronaut) -> None:
         v = engine.verify_images(astronaut, astronaut)
         assert v.decision.is_match and v.decision.model_id == pipeline.model_id
         assert engine.verify_subject(astronaut, "c", "eileen").decision.is_match
+        assert found.threshold == g.get_collection("c").threshold  # the threshold is_match was decided with
+        # A request id replays the same images; other image bytes under it are refused, nothing stored.
+        first = engine.enroll("c", "eileen", [astronaut], request_id="R1")
+        assert engine.enroll("c", "eileen", [astronaut.copy()], request_id="R1").face_ids == first.face_ids
+        with pytest.raises(RequestIdReused):
+            engine.enroll("c", "eileen", [np.ascontiguousarray(astronaut[:, ::-1])], request_id="R1")
+        assert engine.collection_stats("c").faces == 2
