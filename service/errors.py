@@ -6,9 +6,10 @@ the trailing metadata, and turns exceptions into statuses:
 
     InvalidInput (bad image, no face, quality, bad argument) → INVALID_ARGUMENT
     NotFound (collection, subject, face, job)                → NOT_FOUND
-    AlreadyExists                                            → ALREADY_EXISTS
+    AlreadyExists (a name taken, a request id reused)        → ALREADY_EXISTS
     LimitExceeded (message size, pixels, faces)              → RESOURCE_EXHAUSTED
-    Unavailable (weights, index not ready, shutting down)    → UNAVAILABLE
+    Unavailable (weights, index not ready, shutting down,
+                 data dir held by another process)           → UNAVAILABLE
     Unauthenticated / PermissionDenied                       → UNAUTHENTICATED / PERMISSION_DENIED
     Cancelled / DeadlineExceeded / NotFitted                 → CANCELLED / DEADLINE_EXCEEDED / FAILED_PRECONDITION
     anything else (StorageError, bugs)                       → INTERNAL "internal error (request id …)"
