@@ -8,7 +8,8 @@ default). Each :class:`Metrics` has its own registry, so several servers in one 
     latentface_rpc_duration_seconds{service, method}     histogram
     latentface_rpc_in_flight{service, method}            gauge
     latentface_encode_batch_size                         histogram (rows per encoder call)
-    latentface_collection_faces{collection}              gauge (set, or read from a callback at scrape time)
+    latentface_collection_faces{collection}              gauge (set, or read from a callback at scrape time;
+                                                         the server's callback reads in-memory index sizes)
 """
 
 from __future__ import annotations

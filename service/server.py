@@ -204,8 +204,25 @@ def _analysis_servicer(config: ServiceConfig, engine: Any) -> tuple[Any, Any]:
 
 
 def _faces_per_collection(engine: Any) -> Callable[[], dict[str, int]]:
+    """Faces per collection for each scrape, from memory: the live vectors of each collection's index.
+
+    Not the store's COUNT(*)s: two per collection under the store's lock made every scrape wait for,
+    and hold up, enrollments. A backend without in-memory names lists them once per scrape.
+    """
+    gallery = engine.gallery
+
     def read() -> dict[str, int]:
-        return {c.name: int(engine.collection_stats(c.name).faces) for c in engine.list_collections()}
+        if hasattr(gallery, "collection_names"):
+            names = gallery.collection_names()
+        else:
+            names = [c.name for c in engine.list_collections()]
+        out = {}
+        for name in names:
+            try:
+                out[name] = int(gallery.index_size(name))
+            except LookupError:  # deleted since the names were read
+                continue
+        return out
 
     return read
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 import urllib.request
 from concurrent import futures
 
 import grpc
+import numpy as np
 import pytest
 
 from embeddings.errors import SubjectNotFound
@@ -157,3 +159,54 @@ def test_request_ids_from_metadata():
     assert len(generated) == 32 and generated != new_request_id()
     assert request_id_from_metadata(None) != request_id_from_metadata(None)
     assert redact("key lf_" + "A" * 43 + " end") == "key [REDACTED] end"
+
+
+def test_a_scrape_reads_faces_from_memory_not_under_the_store_lock(tmp_path):
+    """Issue #10 item 16: two COUNT(*) per collection under the store's lock made scrapes wait for enrolls."""
+    import threading
+
+    from service.config import load_config
+    from service.server import create_server
+
+    config = load_config(
+        {"data_dir": str(tmp_path), "weights": "random", "offline": True, "server.port": 0, "server.metrics_port": 0},
+        env={},
+    )
+    srv, _port = create_server(config)
+    try:
+        engine = srv.engine
+        engine.create_collection("m1")
+        engine.create_collection("m2")
+        rng = np.random.default_rng(0)
+        dim = engine.pipeline.encoder.embedding_dim
+        vectors = rng.standard_normal((3, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        model_id = engine.model_id
+        engine.enroll_embeddings("m1", "a", vectors[:2], model_id)
+        engine.enroll_embeddings("m2", "b", vectors[2:], model_id)
+        store_lock = engine.gallery._store._lock  # what a long write transaction holds
+        held, release = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with store_lock:
+                held.set()
+                release.wait(10)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        held.wait(5)
+        try:
+            start = time.perf_counter()
+            with urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            took = time.perf_counter() - start
+        finally:
+            release.set()
+            t.join(10)
+        assert 'latentface_collection_faces{collection="m1"} 2.0' in text
+        assert 'latentface_collection_faces{collection="m2"} 1.0' in text
+        assert took < 1.0, f"the scrape waited {took:.2f} s for the store"
+        engine.delete_collection("m2")
+        assert srv.metrics.registry.get_sample_value("latentface_collection_faces", {"collection": "m2"}) is None
+    finally:
+        srv.stop(1.0)
