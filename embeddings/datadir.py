@@ -14,6 +14,7 @@ Faces are biometric data: the directory is made ``0700`` and the files the galle
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sys
 from pathlib import Path
@@ -22,19 +23,31 @@ from embeddings.errors import DataDirLocked, StorageError
 
 __all__ = ["DataDirLock", "LOCK_FILE", "private_dir", "private_file"]
 
+log = logging.getLogger(__name__)
+
 LOCK_FILE = "latentface.lock"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
 def private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) if needed and make it ``0700``."""
+    """Create ``path`` (and parents) if needed and make it ``0700``.
+
+    A directory we may not chmod (a volume's mount point owned by root, shared through a group as
+    Kubernetes' ``fsGroup`` does) is used as it is, with a warning: the files in it are still 0600.
+    """
     try:
         path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-        if path.stat().st_mode & 0o777 != DIR_MODE:
-            os.chmod(path, DIR_MODE)
+        mode = path.stat().st_mode & 0o777
     except OSError as exc:
         raise StorageError(f"cannot create data dir {path}: {exc.strerror or exc}") from exc
+    if mode != DIR_MODE:
+        try:
+            os.chmod(path, DIR_MODE)
+        except PermissionError:
+            log.warning("cannot make %s mode 0700 (not its owner; it is %o); its files are 0600", path, mode)
+        except OSError as exc:
+            raise StorageError(f"cannot set the mode of {path}: {exc.strerror or exc}") from exc
 
 
 def private_file(path: Path) -> None:
@@ -46,8 +59,12 @@ def private_file(path: Path) -> None:
     try:
         fd = os.open(path, os.O_CREAT | os.O_RDWR, FILE_MODE)
         try:
-            if os.fstat(fd).st_mode & 0o777 != FILE_MODE:
-                os.fchmod(fd, FILE_MODE)
+            mode = os.fstat(fd).st_mode & 0o777
+            if mode != FILE_MODE:
+                try:
+                    os.fchmod(fd, FILE_MODE)
+                except PermissionError:
+                    log.warning("cannot make %s mode 0600 (not its owner; it is %o)", path, mode)
         finally:
             os.close(fd)
     except OSError as exc:
