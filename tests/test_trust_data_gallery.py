@@ -497,3 +497,32 @@ def test_a_snapshot_write_does_not_block_searches_or_enrolls(tmp_path, rng) -> N
     # The snapshot holds what was there at its copy; the enroll made during the write is replayed.
     with Gallery.open(cfg, background=False) as g:
         assert g.collection_stats("c").index_ntotal == n + 1
+
+
+def test_a_legacy_collection_with_a_name_now_refused_still_works(tmp_path, rng, capsys) -> None:
+    """A store from before the grammar may hold ``"人脸识别" * 11``: its snapshot (named by id) is
+    written and read, it answers by its name, and ``collections list`` shows it (it used to crash)."""
+    import json
+    import sqlite3
+
+    from service.cli import main
+
+    legacy = "人脸识别" * 11
+    vecs = unit(rng, 3)
+    with Gallery.open(config(tmp_path), background=False) as g:
+        g.create_collection("c")
+        g.enroll("c", "alice", vecs, model_id="m")
+    conn = sqlite3.connect(tmp_path / "gallery.sqlite3")  # foreign keys off: rename as an old version had it
+    for table, column in (("collections", "name"), ("subjects", "collection"), ("faces", "collection"),
+                          ("changes", "collection")):
+        conn.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = 'c'", (legacy,))
+    conn.commit()
+    conn.close()
+    for _ in range(2):  # the second open reads the snapshot the first one wrote at close
+        with Gallery.open(config(tmp_path), background=False) as g:
+            assert hit_ids(g, legacy, vecs[:1], 1) == [[1]]
+            g.enroll(legacy, "bob", unit(rng, 1), model_id="m")
+    assert main(["collections", "list", "--data-dir", str(tmp_path)]) == 0
+    assert [c["name"] for c in json.loads(capsys.readouterr().out)] == [legacy]
+    with Gallery.open(config(tmp_path), background=False) as g:
+        assert g.collection_stats(legacy).index_ntotal == 5
