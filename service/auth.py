@@ -47,11 +47,13 @@ __all__ = [
     "AuthInterceptor",
     "KeyInfo",
     "KeyStore",
+    "PgKeyStore",
     "Principal",
     "ROLES",
     "authorize",
     "current_principal",
     "ensure_admin_key",
+    "open_keystore",
     "visible_collections",
 ]
 
@@ -290,6 +292,32 @@ class KeyStore:
         if revoked_at is not None:
             raise Unauthenticated("API key revoked")
         return Principal(key_id=key_id, name=name, role=role, collections=tuple(json.loads(collections)))
+
+
+class PgKeyStore(KeyStore):
+    """API keys in PostgreSQL (``api_keys``, created by :mod:`embeddings.backends.postgres`'s migrations),
+    shared by every replica: a key revoked through one is refused by all on their next call."""
+
+    def __init__(self, dsn: str) -> None:
+        from embeddings.backends.postgres import PgStore
+
+        self._pg = PgStore(dsn, pool_size=4)
+        self.path = Path(self._pg.dsn_shown)  # for messages only
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pg.close()
+
+    def _execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        # KeyStore's statements use sqlite's "?" placeholders and contain no literal "?".
+        return self._pg.execute(sql.replace("?", "%s"), params)
+
+
+def open_keystore(config) -> KeyStore:  # noqa: ANN001 - ServiceConfig (service.config imports nothing of this)
+    """PostgreSQL's key store when ``config.store`` is set (shared by replicas), else ``<data_dir>/keys.sqlite3``."""
+    if getattr(config, "store", None):
+        return PgKeyStore(config.store)
+    return KeyStore.open(config.data_dir)
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -68,6 +68,8 @@ def _common_parser() -> argparse.ArgumentParser:
         "or 'random' (tests/dev only); env LATENTFACE_WEIGHTS",
     )
     g.add_argument("--config", help="TOML config file (env LATENTFACE_CONFIG)")
+    g.add_argument("--store", help="PostgreSQL DSN for the gallery and API keys (scale-out; env LATENTFACE_STORE)")
+    g.add_argument("--vectors", help="Milvus URI, http://host:19530 (scale-out, with --store; env LATENTFACE_VECTORS)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="encoder precision (default auto)")
     g.add_argument("--offline", action="store_true", default=None, help="never download weights")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -94,6 +96,8 @@ def config_flags(args: argparse.Namespace) -> dict[str, Any]:
         "config": getattr(args, "config", None),
         "precision": getattr(args, "precision", None),
         "offline": getattr(args, "offline", None),
+        "store": getattr(args, "store", None),
+        "vectors": getattr(args, "vectors", None),
         **getattr(args, "config_overrides", {}),
     }
 

@@ -97,6 +97,23 @@ class ServiceConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     # None: the encoder model's own default (PretrainedCfg.default_threshold), see service/runtime.py.
     default_threshold: float | None = None
+    # Scale-out (README "Scale-out: PostgreSQL + Milvus"): a PostgreSQL DSN (gallery and API keys) and a
+    # Milvus URI (http://host:19530, or a Milvus Lite file for one process); both or neither (embedded).
+    # Not in repr: a DSN may carry a password.
+    store: str | None = field(default=None, repr=False)
+    vectors: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.store is None) != (self.vectors is None):
+            raise InvalidInput("store (a postgresql:// DSN) and vectors (a Milvus URI) must be set together")
+        if self.store is not None and not (
+            self.store.startswith(("postgresql://", "postgres://")) or "host=" in self.store or "dbname=" in self.store
+        ):
+            raise InvalidInput("store must be a PostgreSQL DSN (postgresql://user@host:5432/db)")
+        if self.vectors is not None and not (
+            self.vectors.startswith(("http://", "https://", "tcp://")) or self.vectors.endswith(".db")
+        ):
+            raise InvalidInput("vectors must be a Milvus URI (http://host:19530) or a Milvus Lite file (*.db)")
 
     @property
     def gallery(self) -> GalleryConfig:

@@ -49,12 +49,15 @@ def build_pipeline(
 
 
 def build_engine(config: ServiceConfig, *, pipeline=None):
-    """Pipeline + durable gallery under ``config.data_dir``; new collections start at the model's
-    default threshold unless the config sets one."""
+    """Pipeline + durable gallery: under ``config.data_dir``, or PostgreSQL + Milvus when ``config.store``
+    and ``config.vectors`` are set; new collections start at the model's default threshold unless the
+    config sets one."""
+    from embeddings.backends import open_gallery
     from embeddings.engine import FaceEngine
-    from embeddings.gallery import Gallery
 
     pipeline = pipeline if pipeline is not None else build_pipeline(config)
     pretrained = getattr(pipeline.encoder, "pretrained", None)
-    gallery = Gallery.open(config.gallery_for(getattr(pretrained, "default_threshold", None)))
+    gallery = open_gallery(
+        config.gallery_for(getattr(pretrained, "default_threshold", None)), store=config.store, vectors=config.vectors
+    )
     return FaceEngine(pipeline, gallery)

@@ -38,7 +38,7 @@ from service._generated.latentface.v1 import (
     face_pb2_grpc,
 )
 from service.admission import SIDE_SPARE, Admission, SidePoolInterceptor
-from service.auth import AuthInterceptor, KeyStore, ensure_admin_key
+from service.auth import AuthInterceptor, ensure_admin_key, open_keystore
 from service.config import ServiceConfig
 from service.errors import ErrorInterceptor
 from service.servicers import CollectionServicer, FaceServicer, ServingState
@@ -257,7 +257,7 @@ def _create_server(config: ServiceConfig, *, engine: Any) -> tuple[LatentfaceSer
         engine, batching = _build_engine(config, metrics)
     parts: dict[str, Any] = {}
     try:
-        keystore = KeyStore.open(config.data_dir) if sc.auth else None
+        keystore = open_keystore(config) if sc.auth else None
         parts["keystore"] = keystore
         admin_key_path = (
             ensure_admin_key(keystore, config.data_dir, provided_key_file=sc.admin_key_file)

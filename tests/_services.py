@@ -13,12 +13,15 @@ import atexit
 import glob
 import os
 import pwd
+import queue
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -164,3 +167,61 @@ def milvus() -> MilvusServer:
     _milvus = MilvusServer(root, port, proc)
     atexit.register(_milvus.stop)
     return _milvus
+
+
+LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
+
+
+@dataclass
+class ServerProcess:
+    """A ``latentface serve`` subprocess, its address once it listens, and its log lines."""
+
+    process: subprocess.Popen
+    lines: list[str]
+    address: str = ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        pump = getattr(self, "_pump", None)
+        if pump is not None:
+            pump.join(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def start_server(root: Path, data_dir: Path, *args: str) -> ServerProcess:
+    """Start ``latentface serve --port 0`` with random weights (offline) and ``args``; returns at once."""
+    env = {**os.environ, "LATENTFACE_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("LATENTFACE_CONFIG", None)
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--port", "0",
+           "--weights", "random", *args]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = ServerProcess(proc, [])
+    found: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            server.lines.append(line)
+            if m := LISTENING.search(line):
+                found.put(f"{m.group(1)}:{m.group(2)}")
+
+    server._pump = threading.Thread(target=pump, daemon=True)  # type: ignore[attr-defined]
+    server._pump.start()  # type: ignore[attr-defined]
+    server._found = found  # type: ignore[attr-defined]
+    return server
+
+
+def wait_listening(server: ServerProcess, timeout: float = 180.0) -> str:
+    try:
+        server.address = server._found.get(timeout=timeout)  # type: ignore[attr-defined]
+    except queue.Empty:
+        server.stop()
+        raise AssertionError("server did not report its address:\n" + "".join(server.lines[-50:])) from None
+    return server.address

@@ -1,6 +1,6 @@
 """``latentface keys create|list|revoke``: manage API keys in the data directory.
 
-Works on ``<data-dir>/keys.sqlite3`` directly, also while a server runs: the server checks
+Works on ``<data-dir>/keys.sqlite3`` (or PostgreSQL with ``--store``) directly, also while a server runs: the server checks
 the store on every call, so a revoked key stops working at once.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from service.auth import ROLES, KeyStore
+from service.auth import ROLES, open_keystore
 from service.cli import emit
 
 __all__ = ["register", "run"]
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def run(args: argparse.Namespace, config) -> int:  # noqa: ANN001 - ServiceConfig
-    with KeyStore.open(config.data_dir) as store:
+    with open_keystore(config) as store:
         if args.keys_action == "create":
             collections = [c for c in args.collections.split(",") if c.strip()]
             key_id, secret = store.create(name=args.name, role=args.role, collections=collections)
