@@ -158,7 +158,8 @@ class Gallery:
         """Open (creating if needed) the gallery under ``config.data_dir`` and bring every index up to date.
 
         ``background=False`` runs no maintenance thread: ANN builds and snapshots then happen
-        only when :meth:`build_index` / :meth:`snapshot` are called (tests, benchmarks).
+        only when :meth:`build_index` / :meth:`snapshot` are called (tests, benchmarks). The data
+        directory stays locked until :meth:`close`; :class:`DataDirLocked` if another holds it.
         """
         data_dir = Path(config.data_dir)
         private_dir(data_dir)
