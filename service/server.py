@@ -95,7 +95,7 @@ class LatentfaceServer:
         if self.admission is not None:
             # Wait for the calls doing work only; open Watch/reflection/WatchJob streams would
             # otherwise hold the exit for the whole grace period. Then cancel what is left.
-            self.admission.wait_drained(grace)
+            self.admission.wait_drained(0.0 if grace is None else grace)  # None: grpc cancels everything now
             self.grpc_server.stop(None)
         done.wait()
         if self.side_pool is not None:
