@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from skimage import data
@@ -165,12 +166,24 @@ def test_missing_weights_fail_at_start_with_exit_code_4(tmp_path: Path) -> None:
 def test_a_started_server_keeps_its_data_dir_and_logs_no_faiss_noise(tmp_path: Path) -> None:
     # faiss's loader logged INFO "Loading faiss ..." and a ModuleNotFoundError per SIMD variant on every start.
     data_dir = tmp_path / "data"
-    proc = _serve(data_dir)
+    proc = _serve(data_dir, "--max-streams-per-peer", "1")
     lines: list[str] = []
     try:
-        _address(proc, lines)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        address = _address(proc, lines)
+        with grpc.insecure_channel(address) as channel:  # the flag reaches the server: a second Watch is refused
+            stub = health_pb2_grpc.HealthStub(channel)
+            first = stub.Watch(health_pb2.HealthCheckRequest())
+            assert next(first).status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as info:
+                next(stub.Watch(health_pb2.HealthCheckRequest()))
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+            heard = []
+            with pytest.raises(grpc.RpcError):  # the open Watch is ended by the shutdown, not left hanging
+                for response in first:
+                    heard.append(response.status)
+            assert heard == [health_pb2.HealthCheckResponse.NOT_SERVING]
     finally:
         _reap(proc)
     log = "".join(lines)

@@ -205,3 +205,35 @@ def test_batch_worker_death_turns_health_not_serving_and_image_calls_unavailable
             assert time.perf_counter() - start < 5.0
     finally:
         srv.stop(2.0)
+
+
+def test_reflection_streams_are_bounded_too(base):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    channels = [grpc.insecure_channel(f"127.0.0.1:{base.port}") for _ in range(3)]
+    try:
+        results = []
+        requests = [threading.Event() for _ in channels]
+
+        def messages(done: threading.Event):
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+            done.wait(10)  # keep the stream open, as an idle grpcurl session does
+
+        streams = [
+            reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(messages(ev))
+            for ch, ev in zip(channels, requests, strict=True)
+        ]
+        for stream in streams:
+            try:
+                response = next(stream)
+                results.append(sorted(s.name for s in response.list_services_response.service)[:1])
+            except grpc.RpcError as exc:
+                results.append(exc.code())
+        # Two from this address are served; the third is refused at once.
+        assert results[:2] == [["grpc.health.v1.Health"]] * 2
+        assert results[2] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        for ev in requests:
+            ev.set()
+        for ch in channels:
+            ch.close()

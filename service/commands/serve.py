@@ -14,6 +14,10 @@ _SERVER_FLAGS = {
     "host": "server.host",
     "port": "server.port",
     "max_workers": "server.max_workers",
+    "max_streams": "server.max_streams",
+    "max_streams_per_peer": "server.max_streams_per_peer",
+    "max_images_per_request": "server.max_images_per_request",
+    "default_deadline_s": "server.default_deadline_s",
     "grace_s": "server.grace_s",
     "tls_cert": "server.tls_cert",
     "tls_key": "server.tls_key",
@@ -38,6 +42,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in containers)")
     p.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one and logs it)")
     p.add_argument("--max-workers", type=int, help="RPC worker threads (default 16)")
+    p.add_argument(
+        "--max-streams", type=int, help="open Health/Watch, reflection and WatchJob streams in total (default 8)"
+    )
+    p.add_argument("--max-streams-per-peer", type=int, help="... and per client address (default 2)")
+    p.add_argument("--max-images-per-request", type=int, help="images in one Enroll or EnrollStream message (default 16)")
+    p.add_argument(
+        "--default-deadline-s", type=float, help="deadline of image calls whose client set none, in s (default 60)"
+    )
     p.add_argument("--grace-s", type=float, help="seconds running calls get to finish on shutdown (default 10)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key: TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM private key")
