@@ -73,3 +73,25 @@ def test_bad_toml_file(tmp_path):
         load_config({}, env={}, config_file=bad)
     with pytest.raises(InvalidInput, match="cannot read config file"):
         load_config({}, env={}, config_file=tmp_path / "missing.toml")
+
+
+def test_request_caps_and_stream_bounds_are_read_and_checked():
+    env = {
+        "LATENTFACE_SERVER_MAX_IMAGES_PER_REQUEST": "4",
+        "LATENTFACE_SERVER_DEFAULT_DEADLINE_S": "none",
+        "LATENTFACE_SERVER_MAX_STREAMS": "3",
+        "LATENTFACE_SERVER_MAX_STREAMS_PER_PEER": "1",
+    }
+    server = load_config({}, env=env).server
+    assert (server.max_images_per_request, server.default_deadline_s, server.max_streams, server.max_streams_per_peer) == (
+        4, None, 3, 1,
+    )
+    assert load_config({"server.default_deadline_s": "2.5"}, env={}).server.default_deadline_s == 2.5
+    for key, bad, message in [
+        ("server.max_images_per_request", 0, "max_images_per_request"),
+        ("server.default_deadline_s", 0, "default_deadline_s"),
+        ("server.max_streams", 0, "max_streams"),
+        ("server.max_streams_per_peer", 0, "max_streams_per_peer"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            load_config({key: bad}, env={})
