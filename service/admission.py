@@ -94,16 +94,24 @@ class Admission(grpc.ServerInterceptor):
         with self._cv:
             return self._working
 
-    def wait_drained(self, timeout: float | None) -> bool:
-        """Block until no working call is in flight (True) or ``timeout`` s pass (False)."""
+    def wait_drained(self, timeout: float | None, *, settle: float = 0.05) -> bool:
+        """Block until no working call is in flight (True) or ``timeout`` s pass (False).
+
+        "None in flight" must hold for ``settle`` s: a call accepted before the stop may still sit in
+        the pool's queue, to be picked up the moment a worker frees, and must not be cancelled then.
+        """
         end = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while self._working:
+            while True:
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
-                    return False
-                self._cv.wait(left)
-            return True
+                    return self._working == 0
+                if self._working:
+                    self._cv.wait(left)
+                    continue
+                self._cv.wait(settle if left is None else min(settle, left))
+                if self._working == 0:
+                    return True
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def _admit(self, peer: str) -> None:
