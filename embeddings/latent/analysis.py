@@ -121,6 +121,7 @@ def run_analysis(
     n_clusters: int = 8,
     max_weight_ratio: float | None = 50.0,
     min_ess: float | None = DEFAULT_MIN_ESS,
+    identity_aware: bool = False,
     active_kl: float = 0.1,
     n_vaes: int = 1,
     geometry: str | None = None,
@@ -158,6 +159,13 @@ def run_analysis(
     request smooths a dataset with heavy density tails more than a smooth one, and the weights can
     never collapse onto a few samples (α = 0 with no cap gave ESS ≈ 0.01 N on planted suites). The
     histogram reference is left as DB-VAE defines it.
+
+    ``identity_aware=True`` (needs ``dataset.identities``) estimates the density over identities —
+    each identity one point, the centroid of its faces' coordinates — and gives each identity one
+    weight, shared equally by its faces: in face data an identity with many photos otherwise looks
+    like a dense region and is down-weighted for being well photographed, not for being common.
+    ``min_ess`` then counts identities. ``estimator`` is fitted on the centroids; ``density`` is
+    each face's identity's.
     Raises :class:`~embeddings.errors.Cancelled` when ``should_stop()`` turns true.
     """
     report = progress or (lambda _f, _m: None)
@@ -167,6 +175,14 @@ def run_analysis(
     alpha = DEFAULT_ALPHA[method] if alpha is None else float(alpha)
     if len(dataset) < 50:
         raise InvalidInput(f"the analysis needs at least 50 samples, got {len(dataset)}")
+    owner = n_ids = counts = None
+    if identity_aware:
+        if dataset.identities is None:
+            raise InvalidInput("identity-aware weighting needs identities (an identity column)")
+        _, owner, counts = np.unique(dataset.identities, return_inverse=True, return_counts=True)
+        n_ids = counts.size
+        if n_ids < 20:
+            raise InvalidInput(f"identity-aware weighting needs at least 20 identities, got {n_ids}")
     if min_ess is not None and not 0 <= min_ess < 1:
         raise InvalidInput(f"min_ess must be in [0, 1), got {min_ess}")
     if not 1 <= n_vaes <= MAX_VAES:
@@ -194,10 +210,11 @@ def run_analysis(
         report(start + 0.7 * share, f"estimating {method} density on {active.size} active latent dimensions")
         if geometry == "decoded":
             coords = _decoded_coordinates(vae, mu, n_active=active.size, seed=seed)
-            estimator = make_estimator(method, alpha=alpha, **{"dim": int(active.size), **params}).fit(coords)
+            extra = {"dim": int(active.size)}
         else:
-            coords = latent
-            estimator = make_estimator(method, alpha=alpha, **params).fit(latent)
+            coords, extra = latent, {}
+        points = coords if owner is None else _centroids(coords, owner, n_ids)
+        estimator = make_estimator(method, alpha=alpha, **{**extra, **params}).fit(points)
         members.append((vae, latent, estimator, coords))
         log_densities.append(estimator._train_log_density())
         _check_stop(stop)
@@ -213,6 +230,10 @@ def run_analysis(
             log_density, alpha=alpha, max_weight_ratio=max_weight_ratio, min_ess=min_ess
         )
     density = relative_density(log_density)
+    if owner is not None:  # one weight per identity, shared by its faces
+        weights = weights[owner] / counts[owner]
+        weights /= weights.sum()
+        density = density[owner]
     _check_stop(stop)
 
     report(0.9, "clustering the latent space")
@@ -220,7 +241,9 @@ def run_analysis(
         labels = estimator.predict(latent)
     else:
         labels = kmeans_labels(latent, n_clusters=n_clusters, seed=seed)
-    clusters = find_clusters(labels, ids=dataset.ids, weights=weights, density=density, groups=dataset.groups)
+    clusters = find_clusters(
+        labels, ids=dataset.ids, weights=weights, density=density, groups=dataset.groups, latent=latent
+    )
     report(1.0, "done")
     return AnalysisResult(
         method=method,
@@ -228,6 +251,8 @@ def run_analysis(
             "alpha": alpha,
             "alpha_effective": alpha_effective,
             "min_ess": min_ess,
+            "identity_aware": identity_aware,
+            **({} if n_ids is None else {"identities": int(n_ids)}),
             "latent_dim": latent_dim,
             "active_dims": int(latent.shape[1]),
             "n_vaes": n_vaes,
@@ -277,6 +302,13 @@ def ess_floor_weights(
         else:
             lo = mid
     return weights(hi), hi
+
+
+def _centroids(coords: np.ndarray, owner: np.ndarray, n_groups: int) -> np.ndarray:
+    """The mean row of each group (``owner`` holds each row's group index 0..n_groups-1)."""
+    sums = np.zeros((n_groups, coords.shape[1]), dtype=np.float64)
+    np.add.at(sums, owner, coords)
+    return (sums / np.bincount(owner, minlength=n_groups)[:, None]).astype(np.float32)
 
 
 def _active_latent(vae: EmbeddingVAE, X: np.ndarray, *, active_kl: float) -> tuple[np.ndarray, np.ndarray]:

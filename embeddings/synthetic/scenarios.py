@@ -83,6 +83,11 @@ class PlantedData:
     dataset: Dataset
     minorities: dict[str, np.ndarray]
     kind: str
+    # The planted directions' standard coordinates (N×k, rows in dataset order), for checking the plant.
+    planted_coords: np.ndarray | None = field(default=None, repr=False)
+    # The generating mixture's log-density of each row (in standard coordinates, before the L2
+    # normalisation; identity clumps ignored): what an exact density estimate would give.
+    true_log_density: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def groups(self) -> np.ndarray:
@@ -167,6 +172,8 @@ def _assemble(
     rng,
     kind: str,
     minorities: list[str],
+    planted: np.ndarray | None = None,
+    components: list[_Component] | None = None,
 ) -> PlantedData:
     z = np.concatenate([p[1] for p in parts])
     identities = np.concatenate([p[2] for p in parts])
@@ -180,7 +187,49 @@ def _assemble(
         model_id=f"scenario:{sc.name}",
     )
     g = ds.groups[GROUP_COLUMN]
-    return PlantedData(sc, ds, {m: g == m for m in minorities}, kind)
+    z = z[order]
+    coords = None if planted is None else z[:, planted]
+    truth = None if components is None else _mixture_log_density(z, components)
+    return PlantedData(sc, ds, {m: g == m for m in minorities}, kind, coords, truth)
+
+
+@dataclass
+class _Component:
+    """One Gaussian of the generating mixture in standard coordinates: weight, mean, per-column scale,
+    and correlated column pairs (a, b, ρ)."""
+
+    share: float
+    mean: np.ndarray
+    scale: np.ndarray
+    pairs: list[tuple[int, int, float]] = field(default_factory=list)
+
+
+def _mixture_log_density(z: np.ndarray, components: list[_Component]) -> np.ndarray:
+    logs = []
+    for c in components:
+        d = (z - c.mean) / c.scale
+        sq = d * d
+        quad = sq.sum(axis=1)
+        extra = 0.0
+        for a, b, rho in c.pairs:
+            # Replace the pair's independent term by the bivariate normal's with correlation rho.
+            quad = (
+                quad
+                - sq[:, a]
+                - sq[:, b]
+                + (sq[:, a] - 2 * rho * d[:, a] * d[:, b] + sq[:, b]) / (1 - rho**2)
+            )
+            extra -= 0.5 * np.log(1 - rho**2)
+        logs.append(
+            np.log(c.share)
+            - 0.5 * quad
+            - np.log(c.scale).sum()
+            - 0.5 * z.shape[1] * np.log(2 * np.pi)
+            + extra
+        )
+    stacked = np.stack(logs)
+    top = stacked.max(axis=0)
+    return top + np.log(np.exp(stacked - top).sum(axis=0))
 
 
 def _separable(sc: Scenario) -> PlantedData:
@@ -196,16 +245,21 @@ def _separable(sc: Scenario) -> PlantedData:
     z, ids = _identity_noise(rng, int(counts[0]), "majority", sc)
     parts.append(("majority", z, ids))
     names = []
+    comps = [_Component(counts[0] / sc.n, np.zeros(sc.dim), np.ones(sc.dim))]
     for i, count in enumerate(counts[1:]):
         name = f"minority{i + 1}" if len(shares) > 1 else "minority"
         z, ids = _identity_noise(rng, int(count), name, sc)
         cols = dirs[i * subspace : (i + 1) * subspace]
         z[:, cols] *= compact
         # Mahalanobis length `offset`: spread evenly over the subspace's directions, random signs.
-        z[:, cols] += offset / np.sqrt(subspace) * rng.choice([-1.0, 1.0], size=subspace)
+        shift = offset / np.sqrt(subspace) * rng.choice([-1.0, 1.0], size=subspace)
+        z[:, cols] += shift
         parts.append((name, z, ids))
         names.append(name)
-    return _assemble(sc, space, parts, rng, "separable", names)
+        mean, scale = np.zeros(sc.dim), np.ones(sc.dim)
+        mean[cols], scale[cols] = shift, compact
+        comps.append(_Component(count / sc.n, mean, scale))
+    return _assemble(sc, space, parts, rng, "separable", names, dirs, comps)
 
 
 def _correlation(sc: Scenario) -> PlantedData:
@@ -222,15 +276,17 @@ def _correlation(sc: Scenario) -> PlantedData:
     else:
         raise InvalidInput(f"directions must be 'high' or 'low', got {where!r}")
     counts = _counts(sc.n, [share])
-    parts = []
+    parts, comps = [], []
     for name, count, sign in (("majority", counts[0], 1.0), ("minority", counts[1], -1.0)):
+        pair_list = [(int(cols[2 * p]), int(cols[2 * p + 1]), sign * rho) for p in range(pairs)]
+        comps.append(_Component(count / sc.n, np.zeros(sc.dim), np.ones(sc.dim), pair_list))
         z, ids = _identity_noise(rng, int(count), name, sc)
         for p in range(pairs):
             a, b = cols[2 * p], cols[2 * p + 1]
             # Same N(0, 1) marginals for both groups; only the sign of the correlation differs.
             z[:, b] = sign * rho * z[:, a] + np.sqrt(1 - rho**2) * z[:, b]
         parts.append((name, z, ids))
-    return _assemble(sc, space, parts, rng, f"correlation-{where}", ["minority"])
+    return _assemble(sc, space, parts, rng, f"correlation-{where}", ["minority"], cols, comps)
 
 
 def _overlap(sc: Scenario) -> PlantedData:
@@ -241,7 +297,7 @@ def _overlap(sc: Scenario) -> PlantedData:
     col = space.directions(rng, 1)[0]
     counts = _counts(sc.n, shares[1:])
     counts = np.array([counts[0], counts[1], counts[2]])
-    parts = []
+    parts, comps = [], []
     for name, count, at in (
         ("left", counts[0], -offset / 2),
         ("middle", counts[1], 0.0),
@@ -250,7 +306,10 @@ def _overlap(sc: Scenario) -> PlantedData:
         z, ids = _identity_noise(rng, int(count), name, sc)
         z[:, col] += at
         parts.append((name, z, ids))
-    return _assemble(sc, space, parts, rng, "overlap", ["middle"])
+        mean = np.zeros(sc.dim)
+        mean[col] = at
+        comps.append(_Component(count / sc.n, mean, np.ones(sc.dim)))
+    return _assemble(sc, space, parts, rng, "overlap", ["middle"], np.array([col]), comps)
 
 
 def _null(sc: Scenario) -> PlantedData:
@@ -265,6 +324,8 @@ def _null(sc: Scenario) -> PlantedData:
         rng,
         "null",
         ["minority"],
+        None,
+        [_Component(1.0, np.zeros(sc.dim), np.ones(sc.dim))],
     )
 
 

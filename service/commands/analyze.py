@@ -26,7 +26,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     source.add_argument("--embeddings", type=Path, metavar="FILE.npy", help="float32 N×D embeddings (needs --labels)")
     parser.add_argument("--labels", type=Path, metavar="FILE.csv", help="CSV with an id column (+ identity, groups)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--method", choices=("knn", "gmm", "histogram"), default=None, help="density estimator")
+    parser.add_argument("--method", choices=("knn", "gmm", "histogram", "kde"), default=None, help="density estimator")
     parser.add_argument("--alpha", type=float, default=None, help="weight smoothing α (default: the method's)")
     parser.add_argument(
         "--max-weight-ratio",
@@ -41,7 +41,20 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="average the densities of N VAEs with different seeds (default %(default)s). "
-        "Strongest rebalancing: --alpha 0 --max-weight-ratio 0 --vaes 3",
+        "Strongest rebalancing: --alpha 0 --max-weight-ratio 0 --vaes 3 --min-ess 0.05",
+    )
+    parser.add_argument(
+        "--min-ess",
+        type=float,
+        default=None,
+        metavar="F",
+        help="keep the weights' effective sample size >= F x N by raising alpha as needed, 0 to turn off "
+        "(default: 0.2)",
+    )
+    parser.add_argument(
+        "--identity-aware",
+        action="store_true",
+        help="density over identities, one weight per identity shared by its faces (needs identities)",
     )
     parser.add_argument("--latent-dim", type=int, default=32, help="VAE latent size (default %(default)s)")
     parser.add_argument("--clusters", type=int, default=8, help="number of latent clusters (default %(default)s)")
@@ -69,10 +82,12 @@ def run(args: argparse.Namespace, config: Any) -> int:
     from tqdm import tqdm
 
     from embeddings.dataset import embed_image_folder, load_embeddings
-    from embeddings.latent import DEFAULT_METHOD, MAX_VAES, run_analysis
+    from embeddings.latent import DEFAULT_METHOD, DEFAULT_MIN_ESS, MAX_VAES, run_analysis
 
     if not (args.max_weight_ratio == 0 or args.max_weight_ratio >= 1):
         raise InvalidInput("--max-weight-ratio must be 0 (no cap) or >= 1")
+    if args.min_ess is not None and not 0 <= args.min_ess < 1:
+        raise InvalidInput("--min-ess must be in [0, 1)")
     if not 1 <= args.vaes <= MAX_VAES:
         raise InvalidInput(f"--vaes must be in 1..{MAX_VAES}")
     bar = tqdm(total=1000, file=sys.stderr, disable=not sys.stderr.isatty(), unit="‰")
@@ -100,6 +115,8 @@ def run(args: argparse.Namespace, config: Any) -> int:
             alpha=args.alpha,
             max_weight_ratio=args.max_weight_ratio or None,
             n_vaes=args.vaes,
+            min_ess=DEFAULT_MIN_ESS if args.min_ess is None else (args.min_ess or None),
+            identity_aware=args.identity_aware,
             latent_dim=args.latent_dim,
             n_clusters=args.clusters,
             seed=args.seed,
@@ -116,6 +133,7 @@ def run(args: argparse.Namespace, config: Any) -> int:
             "n": len(dataset),
             "skipped": dataset.skipped,
             "effective_sample_size": round(result.effective_sample_size, 1),
+            "alpha_effective": result.params["alpha_effective"],
             "outputs": {k: str(v) for k, v in paths.items()},
         }
     )
