@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from embeddings.errors import Unavailable
+from embeddings.errors import DataDirLocked, Unavailable
 from service._generated.latentface.v1 import (
     analysis_pb2,
     analysis_pb2_grpc,
@@ -239,8 +239,9 @@ def create_server(config: ServiceConfig, *, engine: Any = None) -> tuple[Latentf
     fresh = not config.data_dir.exists()
     try:
         return _create_server(config, engine=engine)
-    except BaseException:
-        if fresh and config.data_dir.is_dir():
+    except BaseException as exc:
+        # Not when another process holds it: it created the directory a moment ago and is using it.
+        if fresh and config.data_dir.is_dir() and not isinstance(exc, DataDirLocked):
             shutil.rmtree(config.data_dir, ignore_errors=True)
         raise
 
