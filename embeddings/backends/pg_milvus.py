@@ -150,7 +150,8 @@ class PgMilvusGallery:
         """Nothing to do: PostgreSQL and Milvus persist themselves."""
 
     def build_index(self, collection: str) -> str:
-        self.get_collection(collection)
+        """Have Milvus index what it holds now (a flush); returns the index type."""
+        self.vectors.flush(self.get_collection(collection).incarnation)
         return milvus_index(self.config.index)[0].lower()
 
     # ------------------------------------------------------------------ collections
