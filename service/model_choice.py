@@ -75,7 +75,8 @@ def _best_available(encoder: EncoderConfig, allow_download: bool) -> tuple[str, 
             resolve_weights(vgg, allow_download=True)
             return "vggface2", "its checkpoint was downloaded"
         except WeightsUnavailable as exc:
-            why_not_vgg = f"its checkpoint is not cached and could not be downloaded ({str(exc)[:120]}…)"
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            why_not_vgg = f"its checkpoint is not cached and the download failed: {str(cause)[:100]}"
     try:
         dlib_model_file("dlib_face_recognition_resnet_model_v1.dat")
         import dlib  # noqa: F401
