@@ -342,3 +342,53 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path):
         assert g.search("c", first, 1)[0][0].subject_id == "s0"
     finally:
         g.close()
+
+
+def test_index_policy_maps_to_milvus_index_types():
+    from embeddings.backends.milvus import milvus_index
+    from embeddings.config import IndexConfig
+
+    assert milvus_index(IndexConfig()) == ("IVF_FLAT", {"nlist": 1024}, {"nprobe": 16})
+    assert milvus_index(IndexConfig(ann_factory="IVF256,SQ8", nprobe=8))[:2] == ("IVF_SQ8", {"nlist": 256})
+    assert milvus_index(IndexConfig(ann_factory="IVF256,PQ16"))[:2] == ("IVF_PQ", {"nlist": 256, "m": 16, "nbits": 8})
+    assert milvus_index(IndexConfig(ann_factory="HNSW32", rerank_k=100)) == (
+        "HNSW", {"M": 32, "efConstruction": 200}, {"ef": 100}
+    )
+    assert milvus_index(IndexConfig(ann_factory="Flat"))[0] == "FLAT"
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "IVF16,SQ8", "HNSW16"])
+def test_every_milvus_index_type_returns_exact_rescored_hits(tmp_path, rng, factory):
+    from embeddings.backends.pg_milvus import PgMilvusGallery
+    from embeddings.config import IndexConfig
+
+    config = GalleryConfig(data_dir=tmp_path, index=IndexConfig(ann_factory=factory, nprobe=16))
+    g = PgMilvusGallery.open(config, store=_services.postgres().create_database(), vectors=_services.milvus().uri,
+                             background=False)
+    try:
+        g.create_collection("c")
+        vecs = unit(rng, 400, 32)
+        ids = g.bulk_enroll("c", [f"s{i}" for i in range(400)], vecs, model_id=MODEL)
+        g.build_index("c")
+        expected = {"Flat": "flat", "IVF16,Flat": "ivf_flat", "IVF16,SQ8": "ivf_sq8", "HNSW16": "hnsw"}[factory]
+        assert g.collection_stats("c").index_kind == "milvus-" + expected  # as Milvus describes the index
+        q = vecs[:5] + 0.1 * unit(rng, 5, 32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        for i, hits in enumerate(g.search("c", q, 3)):
+            assert hits[0].face_id == int(ids[i])  # its own face, however approximate the candidates
+            np.testing.assert_allclose([h.score for h in hits], [float(vecs[ids.tolist().index(h.face_id)] @ q[i])
+                                                                 for h in hits], atol=1e-5)
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    finally:
+        g.close()
+
+
+def test_applied_log_rows_are_pruned_and_unapplied_ones_kept(pg_gallery, rng):
+    g = pg_gallery
+    g.create_collection("c")
+    g.bulk_enroll("c", ["a", "b"], unit(rng, 2, 16), model_id=MODEL)  # applied
+    g.store.add_faces("c", ["c"], unit(rng, 1, 16), model_id=MODEL)  # left unapplied
+    assert g.store.prune_log(3600.0) == 0  # all younger than the retention
+    assert g.store.prune_log(-1.0) == 2
+    assert g.store.unapplied() == 1
+    assert g.replay_outbox(older_than_s=0.0) == 1

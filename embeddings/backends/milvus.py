@@ -6,8 +6,8 @@ vector); the metric is inner product, i.e. cosine. Collections are created with 
 a search issued after an insert or delete returned sees it, on every client of the same Milvus.
 
 The index policy maps the project's :class:`~embeddings.config.IndexConfig`: a factory string
-``IVF…`` becomes ``IVF_FLAT`` searched with ``nprobe``, ``HNSW…`` becomes ``HNSW`` with ``ef`` =
-``rerank_k``, anything else ``FLAT`` (exact). Milvus searches segments not yet indexed by brute
+``IVF<n>,Flat`` becomes ``IVF_FLAT`` (``IVF<n>,SQ8`` ``IVF_SQ8``, ``IVF<n>,PQ<m>`` ``IVF_PQ``) searched
+with ``nprobe``, ``HNSW<M>`` becomes ``HNSW`` with ``ef`` = ``rerank_k``, anything else ``FLAT`` (exact). Milvus searches segments not yet indexed by brute
 force, so a small collection is searched exactly whatever the type. Scores from here are only used
 to pick candidates: the gallery re-ranks them with the stored vectors.
 
@@ -43,7 +43,12 @@ def milvus_index(config: IndexConfig) -> tuple[str, dict, dict]:
     if factory.startswith("IVF"):
         m = re.match(r"IVF(\d+)", factory)
         nlist = int(m.group(1)) if m else 1024  # "{nlist}" follows the size in FAISS; Milvus fixes it at build
-        return "IVF_FLAT", {"nlist": nlist}, {"nprobe": config.nprobe}
+        search = {"nprobe": config.nprobe}
+        if ",SQ8" in factory:  # 1 byte a dimension in memory; the re-rank restores exact scores
+            return "IVF_SQ8", {"nlist": nlist}, search
+        if pq := re.search(r",PQ(\d+)", factory):
+            return "IVF_PQ", {"nlist": nlist, "m": int(pq.group(1)), "nbits": 8}, search
+        return "IVF_FLAT", {"nlist": nlist}, search
     if factory.startswith("HNSW"):
         m = re.match(r"HNSW(\d+)", factory)
         return "HNSW", {"M": int(m.group(1)) if m else 32, "efConstruction": 200}, {"ef": max(64, config.rerank_k)}
@@ -130,6 +135,16 @@ class MilvusVectors:
         name = _name(incarnation)
         if self._call("has_collection", self._client.has_collection, name):
             self._call("flush", self._client.flush, name)
+
+    def index_type(self, incarnation: str) -> str | None:
+        """The index type Milvus reports for the collection (None before its first vectors)."""
+        name = _name(incarnation)
+        if not self._call("has_collection", self._client.has_collection, name):
+            return None
+        indexes = self._call("list_indexes", self._client.list_indexes, name)
+        if not indexes:
+            return None
+        return str(self._call("describe_index", self._client.describe_index, name, indexes[0])["index_type"])
 
     def exists(self, incarnation: str) -> bool:
         return bool(self._call("has_collection", self._client.has_collection, _name(incarnation)))

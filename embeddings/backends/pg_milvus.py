@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,11 +70,13 @@ class PgMilvusGallery:
         background: bool = True,
         repair_after_s: float = 1.0,
         poll_s: float = 0.25,
+        log_retention_s: float = 7 * 86400.0,
     ) -> None:
         self.config = config
         self.store = store
         self.vectors = vectors
         self.repair_after_s = repair_after_s
+        self.log_retention_s = log_retention_s
         self._poll_s = poll_s
         self._stop = threading.Event()
         self._closed = False
@@ -114,9 +117,13 @@ class PgMilvusGallery:
 
     # ------------------------------------------------------------------ the outbox
     def _work(self) -> None:
+        pruned_at = 0.0
         while not self._stop.wait(self._poll_s):
             try:
                 self.replay_outbox()
+                if time.monotonic() - pruned_at > 60.0:
+                    pruned_at = time.monotonic()
+                    self.store.prune_log(self.log_retention_s)
             except LatentfaceError:  # Milvus or PostgreSQL away: the rows stay; retried next round
                 log.warning("replaying the vector outbox failed; will retry", exc_info=True)
             except Exception:  # keep the thread alive whatever happens
@@ -189,7 +196,7 @@ class PgMilvusGallery:
             dim=rec.dim,
             subjects=subjects,
             faces=faces,
-            index_kind="milvus-" + milvus_index(self.config.index)[0].lower(),
+            index_kind="milvus-" + (self.vectors.index_type(rec.incarnation) or milvus_index(self.config.index)[0]).lower(),
             index_ntotal=self.vectors.count(rec.incarnation),
         )
 

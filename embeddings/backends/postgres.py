@@ -551,5 +551,10 @@ class PgStore:
                 c.execute("UPDATE changes SET applied = TRUE WHERE seq = ANY(%s)", ([r[0] for r in rows],))
         return len(rows)
 
+    def prune_log(self, retention_s: float) -> int:
+        """Drop applied log rows older than ``retention_s`` (the log would otherwise grow with every write)."""
+        with self.tx() as c:
+            return c.execute("DELETE FROM changes WHERE applied AND created < %s", (time.time() - retention_s,)).rowcount
+
     def unapplied(self) -> int:
         return int(self.execute("SELECT COUNT(*) FROM changes WHERE NOT applied")[0][0])
