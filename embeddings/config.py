@@ -197,6 +197,7 @@ class EncoderConfig:
     batch_size: int = 64
     torch_home: Path | None = None
     runtime: str = "auto"
+    adapter: Path | None = None  # a debiasing adapter file (latentface debias) applied after the encoder
 
     def __post_init__(self) -> None:
         _check(self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {self.precision!r}")

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "service.commands.keys",
     "service.commands.analyze",
     "service.commands.audit",
+    "service.commands.debias",
     "service.commands.bench",
 )
 
@@ -72,6 +73,8 @@ def _common_parser() -> argparse.ArgumentParser:
     g.add_argument("--vectors", help="Milvus URI, http://host:19530 (scale-out, with --store; env LATENTFACE_VECTORS)")
     g.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="encoder precision (default auto)")
     g.add_argument("--offline", action="store_true", default=None, help="never download weights")
+    g.add_argument("--adapter", help="debiasing adapter file (from `latentface debias`) applied after the encoder; "
+                   "env LATENTFACE_ENCODER_ADAPTER")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return common
 
@@ -96,6 +99,7 @@ def config_flags(args: argparse.Namespace) -> dict[str, Any]:
         "config": getattr(args, "config", None),
         "precision": getattr(args, "precision", None),
         "offline": getattr(args, "offline", None),
+        "encoder.adapter": getattr(args, "adapter", None),
         "store": getattr(args, "store", None),
         "vectors": getattr(args, "vectors", None),
         **getattr(args, "config_overrides", {}),

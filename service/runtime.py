@@ -30,6 +30,10 @@ def build_encoder(config: ServiceConfig):
                     weights, reason)
     if getattr(encoder, "is_random", False):
         log.warning("encoder weights are RANDOM (%s): results are meaningless for recognition", encoder.model_id)
+    if config.encoder.adapter is not None:  # after the record: the data dir remembers its weights, not the adapter
+        from embeddings.debias import AdaptedEncoder
+
+        encoder = AdaptedEncoder.from_file(encoder, config.encoder.adapter)
     return encoder
 
 
