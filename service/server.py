@@ -194,12 +194,12 @@ def _build_engine(config: ServiceConfig, metrics: Any) -> tuple[Any, _Batching]:
 def _analysis_servicer(config: ServiceConfig, engine: Any) -> tuple[Any, Any]:
     """S2's job manager and AnalysisService, when those modules are present."""
     try:
-        from service.jobs import JobManager
+        from service.jobs_pg import open_job_manager
         from service.servicers.analysis import AnalysisServicer
     except ImportError:
         log.warning("analysis jobs are not available in this build; AnalysisService is not served")
         return None, None
-    jobs = JobManager.open(config.data_dir)
+    jobs = open_job_manager(config)  # in PostgreSQL with --store: shared by replicas
     return jobs, AnalysisServicer(jobs, engine, config)
 
 

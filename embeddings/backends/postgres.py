@@ -13,6 +13,7 @@ Tables (migrations are numbered; ``schema_version`` records those applied)::
     changes(seq bigint identity PK, collection, incarnation, op, face_id, applied, created)
     enroll_requests(collection, request_id, result jsonb, request_hash, created)
     api_keys(...)                                   -- service.auth's columns, shared by replicas
+    jobs(...), job_artifacts(job_id, name, path, data)  -- service.jobs_pg: jobs any replica can read
 
 ``changes`` is the change log and the outbox of the vector search: a row is written in the same
 transaction as its face, and marked ``applied`` once the vector side confirmed it. A replica that
@@ -110,6 +111,33 @@ _MIGRATIONS: tuple[str, ...] = (
         secret_hash TEXT NOT NULL UNIQUE,
         created_at DOUBLE PRECISION NOT NULL,
         revoked_at DOUBLE PRECISION
+    );
+    """,
+    # 2: analysis/audit jobs shared by replicas (service/jobs_pg.py): records, owner heartbeats, artifacts.
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        progress DOUBLE PRECISION NOT NULL,
+        message TEXT NOT NULL,
+        error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION,
+        artifacts TEXT NOT NULL,
+        params TEXT NOT NULL,
+        started_at DOUBLE PRECISION,
+        owner TEXT NOT NULL,
+        heartbeat DOUBLE PRECISION NOT NULL,
+        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX jobs_open ON jobs(heartbeat) WHERE state IN ('QUEUED', 'RUNNING');
+    CREATE TABLE job_artifacts (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (job_id, name)
     );
     """,
 )
