@@ -1,6 +1,6 @@
 """Two real ``latentface serve`` processes on one PostgreSQL and one ``milvus-lite server``, a client on
 each: the replica guarantees the README states (enroll visible ≤ 1 s, deletes never returned after it,
-revoked keys refused everywhere, collections and thresholds shared)."""
+revoked keys refused everywhere, collections, thresholds and jobs shared)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def replicas(tmp_path_factory):
     key_file = tmp / "admin.key"
     key_file.write_text(secrets.token_urlsafe(36) + "\n")
     key_file.chmod(0o600)
-    common = ("--store", dsn, "--vectors", uri, "--admin-key-file", str(key_file))
+    common = ("--store", dsn, "--vectors", uri, "--admin-key-file", str(key_file), "--grace-s", "2")
     servers = [_services.start_server(ROOT, tmp / f"node{i}", *common) for i in range(2)]
     try:
         addresses = [_services.wait_listening(s) for s in servers]
@@ -127,3 +127,22 @@ def test_a_revoked_key_is_refused_by_every_replica(replicas):
     finally:
         for c in keyed:
             c.close()
+
+
+def test_an_audit_started_on_one_replica_is_watched_and_read_on_the_other(replicas):
+    from embeddings.synthetic.groups import make_group_embeddings
+
+    (a, b), _addresses, _dsn, _uri = replicas
+    ds = make_group_embeddings(n=60, images_per_identity=4, shares={"majority": 0.7, "minority": 0.3}, seed=2)
+    a.create_collection("team", threshold=0.31)
+    for identity in sorted(set(ds.identities.tolist())):
+        rows = ds.identities == identity
+        [group] = set(ds.groups["group"][rows].tolist())
+        b.enroll("team", identity, embeddings=[(v, "synthetic/v1") for v in ds.vectors[rows]], groups={"group": group})
+    job = a.start_audit(collection="team", group_by=["group"], seed=1)
+    assert b.get_job(job.id).id == job.id  # the record is shared at once
+    final = list(b.watch_job(job.id, timeout=240))[-1]
+    assert final.state == "DONE", final.error
+    report = json.loads(b.get_report(job.id, "report.json").data)  # B never ran it
+    assert (report["threshold"], set(report["groups"])) == (0.31, {"majority", "minority"})
+    assert a.get_report(job.id, "report.json").data == b.get_report(job.id, "report.json").data
