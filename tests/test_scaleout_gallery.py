@@ -392,3 +392,29 @@ def test_applied_log_rows_are_pruned_and_unapplied_ones_kept(pg_gallery, rng):
     assert g.store.prune_log(-1.0) == 2
     assert g.store.unapplied() == 1
     assert g.replay_outbox(older_than_s=0.0) == 1
+
+
+def test_the_local_cli_follows_store_and_vectors(tmp_path):
+    """`latentface collections …` with --store/--vectors works on the shared gallery, not a local one."""
+    from embeddings.backends.pg_milvus import PgMilvusGallery
+
+    dsn, uri = _services.postgres().create_database(), _services.milvus().uri
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", "collections", *args, "--store", dsn, "--vectors", uri,
+             "--data-dir", str(tmp_path / "local")],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+
+    made = cli("create", "--collection", "via-cli", "--threshold", "0.42")
+    assert made.returncode == 0, made.stderr
+    g = PgMilvusGallery.open(GalleryConfig(data_dir=tmp_path), store=dsn, vectors=uri, background=False)
+    try:
+        assert g.get_collection("via-cli").threshold == 0.42
+    finally:
+        g.close()
+    assert not (tmp_path / "local" / "gallery.sqlite3").exists()
+    half = subprocess.run([sys.executable, "-m", "service.cli", "collections", "list", "--store", dsn],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert half.returncode == 2 and "together" in half.stderr  # one without the other is refused

@@ -24,10 +24,10 @@ def _as_dict(obj):
 
 
 def run(args, config) -> int:
+    from embeddings.backends import open_gallery
     from embeddings.errors import InvalidInput
-    from embeddings.gallery import Gallery
 
-    gallery = Gallery.open(config.gallery)
+    gallery = open_gallery(config.gallery, store=config.store, vectors=config.vectors)
     try:
         name = args.collection
         if args.action == "create":

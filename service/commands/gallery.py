@@ -281,9 +281,9 @@ def run_delete(args, config) -> int:
             else:
                 client.delete_face(args.collection, args.face)
     else:
-        from embeddings.gallery import Gallery
+        from embeddings.backends import open_gallery
 
-        gallery = Gallery.open(config.gallery)
+        gallery = open_gallery(config.gallery, store=config.store, vectors=config.vectors)
         try:
             if args.subject:
                 gallery.delete_subject(args.collection, args.subject)
@@ -354,7 +354,7 @@ def _collection_pairs(gallery, collection: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def run_calibrate(args, config) -> int:
-    from embeddings.gallery import Gallery
+    from embeddings.backends import open_gallery
     from embeddings.match import calibrate
 
     gallery = None
@@ -362,7 +362,7 @@ def run_calibrate(args, config) -> int:
         if args.scores:
             scores, labels = _scores_csv(args.scores)
         else:
-            gallery = Gallery.open(config.gallery)
+            gallery = open_gallery(config.gallery, store=config.store, vectors=config.vectors)
             scores, labels = _collection_pairs(gallery, args.collection)
         result = calibrate(scores, labels, target_fmr=args.target_fmr)
         out = {
@@ -374,7 +374,7 @@ def run_calibrate(args, config) -> int:
             "n_impostor": int(result.n_impostor),
         }
         if args.apply:
-            gallery = gallery or Gallery.open(config.gallery)
+            gallery = gallery or open_gallery(config.gallery, store=config.store, vectors=config.vectors)
             gallery.set_threshold(args.collection, float(result.threshold))
             out["applied_to"] = args.collection
         emit(out)
