@@ -38,7 +38,14 @@ from pathlib import Path
 import grpc
 
 from embeddings.datadir import private_file
-from embeddings.errors import InvalidInput, NotFound, PermissionDenied, StorageError, Unauthenticated
+from embeddings.errors import (
+    AlreadyExists,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    StorageError,
+    Unauthenticated,
+)
 from embeddings.names import shown
 from service._rpc_wrap import run_in_context
 
@@ -311,6 +318,12 @@ class PgKeyStore(KeyStore):
     def _execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
         # KeyStore's statements use sqlite's "?" placeholders and contain no literal "?".
         return self._pg.execute(sql.replace("?", "%s"), params)
+
+    def import_key(self, secret: str, *, name: str, role: str, collections: Sequence[str]) -> str:
+        try:
+            return super().import_key(secret, name=name, role=role, collections=collections)
+        except AlreadyExists:  # replicas starting together import the same mounted key: one insert wins
+            return super().import_key(secret, name=name, role=role, collections=collections)
 
 
 def open_keystore(config) -> KeyStore:  # noqa: ANN001 - ServiceConfig (service.config imports nothing of this)

@@ -117,3 +117,40 @@ def test_a_dead_replicas_jobs_are_failed_once_by_one_survivor(two, tmp_path):
         assert b.get(job_id).state == JobState.FAILED
     finally:
         c.close(timeout_s=5)
+
+
+def test_replicas_importing_the_same_admin_key_together_all_start(tmp_path):
+    """Every replica imports the mounted admin key at start; racing inserts must not fail any of them."""
+    import secrets as _secrets
+
+    from service.auth import PgKeyStore
+
+    dsn = _services.postgres().create_database()
+    secret = _secrets.token_urlsafe(36)
+    stores = [PgKeyStore(dsn) for _ in range(4)]
+    try:
+        barrier = threading.Barrier(len(stores))
+        ids: list[str] = []
+        errors: list[BaseException] = []
+
+        def start(store: PgKeyStore) -> None:
+            barrier.wait()
+            try:
+                ids.append(store.import_key(secret, name="admin (provided)", role="admin", collections=["*"]))
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(set(ids)) == 1 and len(ids) == len(stores)
+        assert stores[0].authenticate(secret).key_id == ids[0]
+        stores[1].revoke(ids[0])
+        for s in stores:  # revoked through one, refused by all
+            with pytest.raises(Exception, match="revoked"):
+                s.authenticate(secret)
+    finally:
+        for s in stores:
+            s.close()
