@@ -590,6 +590,35 @@ class Client:
         return _job(self._analysis.StartAudit(request, **self._kw()))
 
     @_translating
+    def start_debias(
+        self,
+        *,
+        image_folder: str | None = None,
+        embeddings: tuple[str, str] | None = None,
+        collection: str | None = None,
+        group_by: Sequence[str] = (),
+        target_fmr: float | None = None,
+        eval_fraction: float | None = None,
+        out_dim: int | None = None,
+        hidden_dim: int | None = None,
+        epochs: int | None = None,
+        method: str = "",
+        seed: int = 0,
+    ) -> Job:
+        """Train a debiasing adapter with and without the latent weights; the job's report compares both."""
+        request = analysis_pb2.StartDebiasRequest(
+            dataset=_dataset(image_folder=image_folder, embeddings=embeddings, collection=collection),
+            group_by=list(group_by),
+            method=method,
+            seed=seed,
+        )
+        for name, value in (("target_fmr", target_fmr), ("eval_fraction", eval_fraction), ("out_dim", out_dim),
+                            ("hidden_dim", hidden_dim), ("epochs", epochs)):  # fmt: skip
+            if value is not None:
+                setattr(request, name, value)
+        return _job(self._analysis.StartDebias(request, **self._kw()))
+
+    @_translating
     def get_job(self, job_id: str) -> Job:
         return _job(self._analysis.GetJob(analysis_pb2.GetJobRequest(job_id=job_id), **self._kw()))
 

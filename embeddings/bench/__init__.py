@@ -19,7 +19,7 @@ from embeddings.errors import InvalidInput
 
 __all__ = ["BenchOptions", "PARTS", "run_bench"]
 
-PARTS: tuple[str, ...] = ("encoder", "detect", "identify", "analysis", "analysis-suite", "audit", "real", "scaleout")
+PARTS: tuple[str, ...] = ("encoder", "detect", "identify", "analysis", "analysis-suite", "audit", "debias", "real", "scaleout")
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,20 @@
 """Planted data for the debias loop: a minority whose identities differ along directions the majority barely uses.
 
-The embedding space is split (before a random rotation) into three orthogonal parts:
+The embedding space is split (before a random rotation) into orthogonal parts:
 
-- ``A`` (``signal_dim`` dims): the majority's identity directions. Majority identity centres spread
-  here; a minority face only *varies* here, image to image (its nuisance falls on the majority's
-  features, as lighting that shifts darker skin along features fitted to lighter skin would);
-- ``B`` (``signal_dim`` dims): the minority's identity directions; the majority barely moves in them;
-- ``C`` (the rest): nuisance every face varies in, which a trained head should learn to drop.
+- ``A`` (``signal_dim`` dims): the majority's identity directions. For a minority face, variation
+  here is image-to-image nuisance (``cross_sd``): it moves along features fitted to the majority;
+- ``B`` (``signal_dim`` dims, one block per planted group): the minority's identity directions. A
+  majority face only varies here image to image (``majority_b_sd``): for the majority, ``B`` is noise;
+- one column per planted group: the groups sit ``group_offset`` apart (at equal norms);
+- ``C`` (the rest): nuisance every face varies in, which any trained head should drop.
 
-A head trained mostly on majority faces learns to keep ``A`` and drop ``C``; nothing in the majority
-asks it to keep ``B``, so minority faces end up compared by their nuisance in ``A``. Resampling the
-minority up asks for ``B`` at no cost to the majority, which has (almost) nothing there.
-``structure="none"`` is the null control: every group is drawn like the majority.
+A head trained mostly on majority faces learns to keep ``A`` and drop ``B`` and ``C``; minority faces
+are then compared by their nuisance in ``A``. Serving both groups needs ``B`` kept for the minority
+only, which a two-layer head can learn from the group offset — if it sees enough minority faces.
+The two groups are mirror images (same spreads, same norms), so the minority is a region of the same
+extent holding fewer faces: of low density, which the latent weights find. ``structure="none"`` is
+the null control: every group is drawn like the majority, nothing sets them apart.
 """
 
 from __future__ import annotations
@@ -30,25 +33,25 @@ DEBIAS_STRUCTURES = ("neglected", "none")
 
 def make_debias_embeddings(
     *,
-    n_identities: int = 2000,
-    images_per_identity: int = 10,
-    dim: int = 128,
+    n_identities: int = 3000,
+    images_per_identity: int = 8,
+    dim: int = 64,
     shares: Mapping[str, float] | None = None,
     structure: str = "neglected",
-    signal_dim: int = 8,
-    within_sd: float = 0.35,
+    signal_dim: int = 16,
+    within_sd: float = 0.45,
     cross_sd: float = 0.6,
-    majority_b_sd: float = 0.05,
-    nuisance_sd: float = 0.15,
-    group_offset: float = 3.0,
+    majority_b_sd: float = 0.6,
+    nuisance_sd: float = 0.1,
+    group_offset: float = 5.0,
     group_column: str = "group",
     seed: int = 0,
 ) -> Dataset:
     """``n_identities`` × ``images_per_identity`` L2-normalised ``dim``-d embeddings with identities and groups.
 
     Per image, with unit-variance identity centres: ``within_sd`` is the identity's own spread in its
-    signal part, ``cross_sd`` a minority face's nuisance in ``A``, ``majority_b_sd`` how little the
-    majority moves in ``B`` and ``nuisance_sd`` the per-dimension spread in ``C``. ``shares`` maps group
+    signal part, ``cross_sd`` a minority face's nuisance in ``A``, ``majority_b_sd`` a majority face's
+    nuisance in ``B`` and ``nuisance_sd`` the per-dimension spread in ``C``. ``shares`` maps group
     names to shares of the identities (default ``{"majority": 0.95, "minority": 0.05}``); the first group
     is the majority, every other one gets the minority's structure (each its own ``B`` when there is room).
     """

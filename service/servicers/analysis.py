@@ -207,6 +207,37 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
 
         return self._submit("audit", params, self._dataset_job(source, audit))
 
+    def StartDebias(self, request: analysis_pb2.StartDebiasRequest, context: grpc.ServicerContext) -> analysis_pb2.Job:
+        from embeddings.debias import run_debias
+        from embeddings.latent import DEFAULT_ALPHA
+
+        source = self._dataset_source(request.dataset)
+        group_by = [g for g in request.group_by if g]
+        if not group_by:
+            raise InvalidInput("group_by needs at least one column")
+        target_fmr = request.target_fmr if request.HasField("target_fmr") else 1e-3
+        eval_fraction = request.eval_fraction if request.HasField("eval_fraction") else 0.3
+        if not (0 < target_fmr < 1 and 0 < eval_fraction < 1):
+            raise InvalidInput("target_fmr and eval_fraction must be in (0, 1)")
+        adapter = {
+            "out_dim": request.out_dim if request.HasField("out_dim") else 64,
+            "hidden_dim": (request.hidden_dim or None) if request.HasField("hidden_dim") else 256,
+            "epochs": request.epochs if request.HasField("epochs") else 14,
+        }
+        if not (1 <= adapter["out_dim"] <= 4096 and 1 <= adapter["epochs"] <= 1000 and (adapter["hidden_dim"] or 1) > 0):
+            raise InvalidInput("out_dim must be in 1..4096, epochs in 1..1000 and hidden_dim >= 0")
+        if request.method and request.method not in DEFAULT_ALPHA:
+            raise InvalidInput(f"unknown method {request.method!r}; choose from {', '.join(sorted(DEFAULT_ALPHA))}")
+        analysis = {"method": request.method} if request.method else {}
+        options = {"group_by": group_by, "target_fmr": target_fmr, "eval_fraction": eval_fraction, "seed": request.seed}
+
+        def debias(dataset, progress, should_stop):
+            return run_debias(dataset, **options, adapter_params=adapter, analysis_params=analysis,
+                              progress=progress, should_stop=should_stop)  # fmt: skip
+
+        params = {"dataset": source, **options, "adapter": adapter, "analysis": analysis}
+        return self._submit("debias", params, self._dataset_job(source, debias))
+
     def _dataset_job(self, source: dict[str, Any], run):  # noqa: ANN001
         """A job fn that loads ``source`` (its share of the progress bar), runs ``run`` and writes its artefacts."""
         load_share = 0.5 if "image_folder" in source else 0.05

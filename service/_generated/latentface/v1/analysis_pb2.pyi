@@ -61,6 +61,28 @@ class StartAnalysisRequest(_message.Message):
     max_weight_ratio: float
     def __init__(self, dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., method: _Optional[str] = ..., alpha: _Optional[float] = ..., latent_dim: _Optional[int] = ..., seed: _Optional[int] = ..., n_vaes: _Optional[int] = ..., max_weight_ratio: _Optional[float] = ...) -> None: ...
 
+class StartDebiasRequest(_message.Message):
+    __slots__ = ("dataset", "group_by", "target_fmr", "eval_fraction", "out_dim", "hidden_dim", "epochs", "method", "seed")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FMR_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    OUT_DIM_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_DIM_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    dataset: DatasetSource
+    group_by: _containers.RepeatedScalarFieldContainer[str]
+    target_fmr: float
+    eval_fraction: float
+    out_dim: int
+    hidden_dim: int
+    epochs: int
+    method: str
+    seed: int
+    def __init__(self, dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., group_by: _Optional[_Iterable[str]] = ..., target_fmr: _Optional[float] = ..., eval_fraction: _Optional[float] = ..., out_dim: _Optional[int] = ..., hidden_dim: _Optional[int] = ..., epochs: _Optional[int] = ..., method: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+
 class StartAuditRequest(_message.Message):
     __slots__ = ("dataset", "group_by", "target_fmr", "threshold", "analysis_job_id", "seed")
     DATASET_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class AnalysisServiceStub:
                 request_serializer=latentface_dot_v1_dot_analysis__pb2.StartAuditRequest.SerializeToString,
                 response_deserializer=latentface_dot_v1_dot_analysis__pb2.Job.FromString,
                 _registered_method=True)
+        self.StartDebias = channel.unary_unary(
+                '/latentface.v1.AnalysisService/StartDebias',
+                request_serializer=latentface_dot_v1_dot_analysis__pb2.StartDebiasRequest.SerializeToString,
+                response_deserializer=latentface_dot_v1_dot_analysis__pb2.Job.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/latentface.v1.AnalysisService/GetJob',
                 request_serializer=latentface_dot_v1_dot_analysis__pb2.GetJobRequest.SerializeToString,
@@ -77,6 +82,14 @@ class AnalysisServiceServicer:
 
     def StartAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartDebias(self, request, context):
+        """Trains a debiasing adapter with uniform and with latent-weight sampling and audits the encoder and both
+        adapters on held-out identities (artifacts report.html, report.json, adapter_uniform.pt, adapter_weighted.pt).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -118,6 +131,11 @@ def add_AnalysisServiceServicer_to_server(servicer, server):
             'StartAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.StartAudit,
                     request_deserializer=latentface_dot_v1_dot_analysis__pb2.StartAuditRequest.FromString,
+                    response_serializer=latentface_dot_v1_dot_analysis__pb2.Job.SerializeToString,
+            ),
+            'StartDebias': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartDebias,
+                    request_deserializer=latentface_dot_v1_dot_analysis__pb2.StartDebiasRequest.FromString,
                     response_serializer=latentface_dot_v1_dot_analysis__pb2.Job.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
@@ -194,6 +212,33 @@ class AnalysisService:
             target,
             '/latentface.v1.AnalysisService/StartAudit',
             latentface_dot_v1_dot_analysis__pb2.StartAuditRequest.SerializeToString,
+            latentface_dot_v1_dot_analysis__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartDebias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentface.v1.AnalysisService/StartDebias',
+            latentface_dot_v1_dot_analysis__pb2.StartDebiasRequest.SerializeToString,
             latentface_dot_v1_dot_analysis__pb2.Job.FromString,
             options,
             channel_credentials,
