@@ -369,10 +369,13 @@ def load_real(
 
 
 def quick_suite(seeds: tuple[int, ...] = (0, 1)) -> list[Scenario]:
-    """The fast subset the tests assert the criteria on: 2 000 × 128, the hardest cases of each family."""
+    """The fast subset the tests assert the criteria on (2 000 × 128): the issue's 3% case, a 1% one, a
+    5% one (the strongest setting's 95/5; no density, the true one included, ranks it at 0.9 AUROC),
+    a correlation-only minority in high-variance directions, the null control."""
     base = [
         Scenario("sep-3pct-4d-5sd", "separable", params={"shares": [0.03], "offset": 5.0, "subspace": 4}),
         Scenario("sep-1pct-2d-6sd", "separable", params={"shares": [0.01], "offset": 6.0, "subspace": 2}),
+        Scenario("sep-5pct-4d-5sd", "separable", params={"shares": [0.05], "offset": 5.0, "subspace": 4}),
         Scenario("corr-high-5pct", "correlation", params={"share": 0.05, "directions": "high"}),
         Scenario("null", "null"),
     ]
