@@ -47,6 +47,9 @@ def replicas(tmp_path_factory):
         for c in clients:
             c.close()
     finally:
+        for s in servers:  # both drain at once
+            if s.process.poll() is None:
+                s.process.terminate()
         for s in servers:
             s.stop()
 

@@ -144,6 +144,8 @@ def milvus() -> MilvusServer:
     root = Path(tempfile.mkdtemp(prefix="lf-milvus-"))
     port = free_port()
     exe = Path(sys.executable).parent / "milvus-lite"
+    if not exe.exists():
+        exe = Path(shutil.which("milvus-lite") or exe)
     log = open(root / "log", "wb")  # noqa: SIM115 - the server writes it for its whole life
     proc = subprocess.Popen(
         [str(exe), "server", "--data-dir", str(root / "data"), "--host", "127.0.0.1", "--port", str(port)],
