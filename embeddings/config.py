@@ -185,9 +185,10 @@ class EncoderConfig:
     ``"dlib-resnet"`` (dlib's ResNet from the PyPI package face_recognition_models), ``"random"``
     (seeded facenet weights, for tests and development only: every result says so) or a path to a
     weight file (a facenet state dict ``.pt``, or a dlib network ``.dat``).
-    ``precision`` is ``"auto"`` (bf16 autocast + channels_last where the hardware supports it,
-    else fp32), ``"bf16"`` or ``"fp32"``. ``runtime`` applies to dlib models: ``"torch"`` (the
-    PyTorch port: batched, bf16, CUDA), ``"dlib"`` (dlib's own CPU runtime) or ``"auto"`` (torch).
+    ``precision`` is ``"auto"`` (int8 where the CPU and the model's calibration allow it, else bf16
+    autocast + channels_last where the hardware supports it, else fp32: see
+    ``embeddings.encode.select_precision``), ``"int8"`` (CPU only), ``"bf16"`` or ``"fp32"``.
+    ``runtime`` applies to dlib models: ``"torch"`` (the PyTorch port: batched, bf16, CUDA), ``"dlib"`` (dlib's own CPU runtime) or ``"auto"`` (torch).
     """
 
     weights: str = AUTO_WEIGHTS
@@ -200,7 +201,10 @@ class EncoderConfig:
     adapter: Path | None = None  # a debiasing adapter file (latentface debias) applied after the encoder
 
     def __post_init__(self) -> None:
-        _check(self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        _check(
+            self.precision in ("auto", "int8", "bf16", "fp32"),
+            f"precision must be auto, int8, bf16 or fp32, got {self.precision!r}",
+        )
         _check(self.runtime in ("auto", "torch", "dlib"), f"runtime must be auto, torch or dlib, got {self.runtime!r}")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
         _check(bool(self.weights), "weights must not be empty")
@@ -220,19 +224,28 @@ class EncoderConfig:
 class IndexConfig:
     """Index policy: exact search below ``ann_threshold`` vectors, an ANN factory string above it.
 
-    ``ann_factory`` may contain ``{nlist}``, filled from the collection size.
+    ``ann_factory`` may contain ``{nlist}``, filled from the collection size. The default keeps
+    1-byte codes (SQ8) in the index and re-ranks ``rerank_k`` candidates exactly from the float
+    table, so the vectors are held once. ``train_iterations`` are the k-means rounds of an IVF
+    build. ``search_threads`` bounds the OpenMP threads of an ANN search of up to 8 queries
+    (0: FAISS's default, every core): one query gains nothing from more,
+    and on a busy machine threads spinning at OpenMP barriers cost more than the scan.
     """
 
     ann_threshold: int = 50_000
-    ann_factory: str = "IVF{nlist},Flat"
+    ann_factory: str = "IVF{nlist},SQ8"
     nprobe: int = 16
     rerank_k: int = 64
     snapshot_every: int = 10_000
+    train_iterations: int = 10
+    search_threads: int = 1
 
     def __post_init__(self) -> None:
         _check(self.ann_threshold >= 1, "ann_threshold must be >= 1")
         _check(self.nprobe >= 1, "nprobe must be >= 1")
         _check(self.rerank_k >= 1, "rerank_k must be >= 1")
+        _check(self.train_iterations >= 1, "train_iterations must be >= 1")
+        _check(self.search_threads >= 0, "search_threads must be >= 0")
 
 
 @dataclass(frozen=True)

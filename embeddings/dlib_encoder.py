@@ -10,8 +10,9 @@ average; mapping MTCNN's five landmarks onto dlib's chip template instead gave 0
 
 Two runtimes compute the same descriptors:
 
-* ``"torch"``: the PyTorch port in :mod:`embeddings.dlib_resnet` (batched, bf16 autocast on CPUs
-  that run it fast, CUDA when present);
+* ``"torch"``: the PyTorch port in :mod:`embeddings.dlib_resnet` (batched; int8 on CPUs with
+  VNNI/AMX int8, calibrated on real chips, see :mod:`embeddings.quantize`; bf16 autocast on CPUs that
+  run it fast; CUDA when present);
 * ``"dlib"``: dlib's own CPU runtime (``compute_face_descriptor``), the reference.
 
 Descriptors are L2-normalised like every latentface vector; dlib's own rule (Euclidean 0.6 on the
@@ -20,6 +21,7 @@ raw descriptors) is translated to a cosine in ``PRETRAINED["dlib-resnet"]``.
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -27,6 +29,7 @@ import torch
 
 from embeddings.config import DLIB_FAMILY, DLIB_LANDMARKS_FILE, DLIB_LANDMARKS_SHA256, EncoderConfig
 from embeddings.errors import InvalidInput, WeightsUnavailable
+from embeddings.quantize import int8_warnings_off, min_cosine, probe_crops, quantize_int8
 from embeddings.types import DetectedFace
 from embeddings.weights import dlib_model_file, resolve_weights, verify_digest
 
@@ -59,7 +62,7 @@ class DlibEncoder:
     """Aligns faces into dlib chips and embeds them as L2-normalised 128-d float32 vectors."""
 
     def __init__(self, config: EncoderConfig, *, allow_download: bool = False) -> None:
-        from embeddings.encode import resolve_device, resolve_precision
+        from embeddings.encode import resolve_device, select_precision
 
         del allow_download  # the weights ship in a PyPI package: never downloaded
         self.config = config
@@ -86,16 +89,38 @@ class DlibEncoder:
         self._lock = threading.Lock()
         self._dlib_net = None
         self._model = None
+        self._int8 = None
         if runtime == "torch":
             from embeddings.dlib_resnet import load_dlib_resnet
 
             self._model = load_dlib_resnet(path).eval().to(self.device)
-            self.precision = resolve_precision(config.precision, self.device)
+            self.precision, self._int8, self.precision_note = select_precision(
+                config.precision, self.device, self.model_id, self._build_int8, self._int8_agreement
+            )
         else:
             self._dlib_net = dlib.face_recognition_model_v1(str(path))
-            self.precision = "fp32"
+            self.precision, self.precision_note = "fp32", "dlib's runtime is fp32"
 
     is_random = False
+
+    # The int8 path's source (scripts/calibrate-int8 and embeddings.quantize.build_profile use these):
+    # a fresh traceable fp32 copy, and crops as that model's input tensor.
+    int8_skip: tuple[str, ...] = ()
+
+    def int8_source(self) -> torch.nn.Module:
+        # The traced copy needs static shapes (the port's zero-fill depends on the input size).
+        return copy.deepcopy(self._model).fix_input_size(self.crop_size)
+
+    def model_input(self, crops: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self._check(crops)).permute(0, 3, 1, 2).float().contiguous()
+
+    def _build_int8(self, profile: dict) -> torch.nn.Module:
+        example = torch.zeros(1, 3, self.crop_size, self.crop_size)
+        return quantize_int8(self.int8_source(), example, profile)
+
+    def _int8_agreement(self, model: torch.nn.Module) -> float:
+        crops = probe_crops(8, self.crop_size)
+        return min_cosine(self._run(model, crops, mode="int8"), self._run(self._model, crops, mode="fp32"))
 
     def __repr__(self) -> str:
         return (
@@ -133,7 +158,9 @@ class DlibEncoder:
         return np.ascontiguousarray(crops)
 
     def descriptors(self, crops: np.ndarray, *, fast: bool | None = None) -> np.ndarray:
-        """Raw (not normalised) 128-d descriptors, as dlib scales them: float32 (N, 128)."""
+        """Raw (not normalised) 128-d descriptors, as dlib scales them: float32 (N, 128).
+
+        ``fast=False`` runs the fp32 port whatever the encoder's precision (the reference)."""
         crops = self._check(crops)
         if len(crops) == 0:
             return np.empty((0, self.embedding_dim), dtype=np.float32)
@@ -141,7 +168,13 @@ class DlibEncoder:
             with self._lock:  # one dlib network object is not safe for concurrent use
                 rows = self._dlib_net.compute_face_descriptor(list(crops))
             return np.asarray([np.asarray(r) for r in rows], dtype=np.float32)
-        fast = self.precision == "bf16" if fast is None else fast
+        if fast is False or self.precision == "fp32":
+            return self._run(self._model, crops, mode="fp32")
+        if self.precision == "int8":
+            return self._run(self._int8, crops, mode="int8")
+        return self._run(self._model, crops, mode="bf16")
+
+    def _run(self, model: torch.nn.Module, crops: np.ndarray, *, mode: str) -> np.ndarray:
         out = np.empty((len(crops), self.embedding_dim), dtype=np.float32)
         device_type = torch.device(self.device).type
         batch = self.config.batch_size
@@ -149,12 +182,15 @@ class DlibEncoder:
             for start in range(0, len(crops), batch):
                 part = slice(start, start + batch)
                 x = torch.from_numpy(crops[part]).to(self.device).permute(0, 3, 1, 2).float()
-                if fast:
+                if mode == "bf16":
                     x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
-                        y = self._model(x)
+                        y = model(x)
+                elif mode == "int8":
+                    with int8_warnings_off():
+                        y = model(x.contiguous())
                 else:
-                    y = self._model(x.contiguous())
+                    y = model(x.contiguous())
                 out[part] = y.float().cpu().numpy()
         return out
 

@@ -84,11 +84,20 @@ class _Unit(nn.Module):
         self.down = down
         self.conv1 = _conv_affine(cin, cout, 3, 2 if down else 1, 0 if down else 1, fold)
         self.conv2 = _conv_affine(cout, cout, 3, 1, 1, fold)
+        # Zero-fill pads of (branch, shortcut) for a fixed input size; see DlibResNet.fix_input_size.
+        self.pads: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(F.relu(self.conv1(x)))
         shortcut = F.avg_pool2d(x, 2, 2) if self.down else x
-        return F.relu(_add_zero_filled(y, shortcut))
+        if self.pads is None:
+            return F.relu(_add_zero_filled(y, shortcut))
+        pad_y, pad_s = self.pads
+        if any(pad_y):
+            y = F.pad(y, pad_y)
+        if any(pad_s):
+            shortcut = F.pad(shortcut, pad_s)
+        return F.relu(y + shortcut)
 
 
 class DlibResNet(nn.Module):
@@ -122,6 +131,22 @@ class DlibResNet(nn.Module):
         x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
         x = self.units(x)
         return self.fc(x.mean(dim=(2, 3))).float()
+
+    def fix_input_size(self, size: int = 150) -> DlibResNet:
+        """Record each unit's zero-fill for ``size`` x ``size`` inputs, so ``forward`` has no
+        shape-dependent branch (torch.fx can then trace it, for int8 quantization)."""
+        with torch.no_grad():
+            x = torch.zeros(1, 3, size, size, dtype=self.pixel_mean.dtype, device=self.pixel_mean.device)
+            x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
+            for unit in self.units:
+                y = unit.conv2(F.relu(unit.conv1(x)))
+                s = F.avg_pool2d(x, 2, 2) if unit.down else x
+                c, h, w = (max(y.shape[i], s.shape[i]) for i in (1, 2, 3))
+                unit.pads = tuple(
+                    (0, w - t.shape[3], 0, h - t.shape[2], 0, c - t.shape[1]) for t in (y, s)
+                )
+                x = unit(x)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,22 +1,27 @@
 """The face encoder: facenet-pytorch's InceptionResnetV1 turning 160x160 crops into unit 512-d vectors.
 
-Two execution paths share one set of weights:
+Three execution paths share one set of weights:
 
+* **int8** (``precision="int8"``, CPU only): static int8 quantization on oneDNN with activation
+  parameters calibrated offline on real faces (see :mod:`embeddings.quantize`);
 * the **fast path** (``precision="bf16"``): eval-mode BatchNorm folded into the preceding
   convolutions, channels-last memory format and bf16 autocast, under ``torch.inference_mode``;
 * the **fp32 path**: the plain facenet-pytorch module in fp32, exactly as facenet-pytorch runs it.
 
-``precision="auto"`` takes the fast path on CUDA devices with bf16 support and on CPUs with fast
-bf16 (AVX-512/AMX and oneDNN bf16 kernels); elsewhere bf16 is emulated and slower, so fp32.
+``precision="auto"`` is decided by :func:`select_precision`: int8 where the CPU has native int8 dot
+products, the model has a calibration profile whose measured agreement meets the bar and a
+load-time self-check confirms it; else bf16 on CUDA devices with bf16 support and on CPUs with fast
+bf16 (AVX-512/AMX and oneDNN bf16 kernels); elsewhere fp32.
 :meth:`FaceEncoder.encode_fp32_reference` always runs the plain fp32 path, so benchmarks and
-tests can compare the two on the same crops.
+tests can compare them on the same crops.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,10 +32,26 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from embeddings.align import crop_faces
 from embeddings.config import DLIB_FAMILY, FACENET_FAMILY, EncoderConfig, PretrainedCfg
 from embeddings.errors import InvalidInput, Unavailable, WeightsUnavailable
+from embeddings.quantize import (
+    INT8_COSINE_BAR,
+    int8_is_fast,
+    int8_warnings_off,
+    load_profile,
+    min_cosine,
+    probe_crops,
+    quantize_int8,
+)
 from embeddings.types import DetectedFace
 from embeddings.weights import load_state_dict_file, resolve_weights, verify_digest
 
-__all__ = ["MODEL_FAMILY", "FaceEncoder", "create_encoder", "resolve_device", "resolve_precision"]
+__all__ = [
+    "MODEL_FAMILY",
+    "FaceEncoder",
+    "create_encoder",
+    "resolve_device",
+    "resolve_precision",
+    "select_precision",
+]
 
 MODEL_FAMILY = FACENET_FAMILY
 _REFERENCE_BATCH = 32
@@ -65,12 +86,53 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``"auto"`` → ``"bf16"`` where the hardware runs bf16 fast, else ``"fp32"``."""
+    """``"auto"`` → ``"bf16"`` where the hardware runs bf16 fast, else ``"fp32"`` (int8 is chosen
+    by :func:`select_precision`, which needs the model)."""
+    if precision == "int8" and torch.device(device).type != "cpu":
+        raise InvalidInput("precision int8 runs on the CPU only (oneDNN kernels); use bf16 on CUDA")
     if precision != "auto":
         return precision
     if torch.device(device).type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if _cpu_has_fast_bf16() else "fp32"
+
+
+def select_precision(
+    precision: str,
+    device: str,
+    model_id: str,
+    build_int8: Callable[[dict], nn.Module],
+    self_check: Callable[[nn.Module], float],
+) -> tuple[str, nn.Module | None, str]:
+    """The precision an encoder runs at, its int8 module when that is int8, and a note saying why.
+
+    ``"auto"`` takes int8 only when all hold: a CPU with native int8 dot products (VNNI/AMX int8,
+    where it is measured fastest), a calibration profile for ``model_id`` whose agreement with fp32
+    on held-out real faces meets :data:`INT8_COSINE_BAR`, and a self-check at load (``self_check``:
+    the worst cosine to fp32 on a few probe crops on this CPU) meeting it too. Otherwise the bf16/fp32
+    rule of :func:`resolve_precision`. ``"int8"`` requires a profile and skips the self-check.
+    """
+    resolved = resolve_precision(precision, device)
+    if precision == "int8":
+        profile = load_profile(model_id)
+        if profile is None:
+            raise Unavailable(f"no int8 calibration profile for {model_id} (scripts/calibrate-int8 makes one)")
+        return "int8", build_int8(profile), "int8 requested"
+    if precision != "auto" or torch.device(device).type != "cpu":
+        return resolved, None, f"{resolved} requested" if precision != "auto" else f"auto: {resolved} on {device}"
+    if not int8_is_fast():
+        return resolved, None, f"auto: {resolved} (no VNNI/AMX int8 on this CPU)"
+    profile = load_profile(model_id)
+    if profile is None:
+        return resolved, None, f"auto: {resolved} (no int8 profile for this model)"
+    measured = float(profile.get("heldout_cosine_min", 0.0))
+    if measured < INT8_COSINE_BAR:
+        return resolved, None, f"auto: {resolved} (int8 cosine {measured:.5f} on real faces < {INT8_COSINE_BAR})"
+    model = build_int8(profile)
+    probe = self_check(model)
+    if probe < INT8_COSINE_BAR:
+        return resolved, None, f"auto: {resolved} (int8 self-check cosine {probe:.5f} < {INT8_COSINE_BAR})"
+    return "int8", model, f"auto: int8 (cosine {measured:.5f} on held-out real faces, self-check {probe:.5f})"
 
 
 def _seeded_init(model: nn.Module, seed: int) -> None:
@@ -203,7 +265,6 @@ class FaceEncoder:
         self.embedding_dim = self._pretrained.embedding_dim
         self.crop_size = self._pretrained.crop_size
         self.device = resolve_device(config.device)
-        self.precision = resolve_precision(config.precision, self.device)
         self._weights_path = resolve_weights(config, allow_download=allow_download)
         if self._weights_path is None:
             self.model_id = f"{MODEL_FAMILY}/RANDOM-seed{config.seed}-NOT-FOR-PRODUCTION"
@@ -213,7 +274,13 @@ class FaceEncoder:
             self.model_id = f"{MODEL_FAMILY}/{self._pretrained.name}-{digest[:12]}"
         self._lock = threading.Lock()
         plain = self._build_plain()
-        if self.precision == "bf16":
+        self.precision, int8_model, self.precision_note = select_precision(
+            config.precision, self.device, self.model_id, self._int8_builder(plain), self._int8_check(plain)
+        )
+        if int8_model is not None:
+            self._model = int8_model
+            self._reference = plain
+        elif self.precision == "bf16":
             self._model = _fold_batchnorm(plain).to(memory_format=torch.channels_last)
             self._model.last_linear = _Fp32Linear(self._model.last_linear)
             self._reference: InceptionResnetV1 | None = None  # rebuilt on demand; saves ~90 MB
@@ -246,6 +313,27 @@ class FaceEncoder:
                 ) from exc
         return model.eval().to(self.device)
 
+    # The int8 path's source (scripts/calibrate-int8 and embeddings.quantize.build_profile use these):
+    # a fresh traceable fp32 copy, and crops as that model's input tensor.
+    int8_skip = ("last_linear", "last_bn")  # one 1792x512 product: fp32 costs nothing measurable
+
+    def int8_source(self) -> nn.Module:
+        return copy.deepcopy(self.reference_model)
+
+    def model_input(self, crops: np.ndarray) -> torch.Tensor:
+        return next(self._batches(self._check(crops), len(crops)))[1].contiguous()
+
+    def _int8_builder(self, plain: nn.Module) -> Callable[[dict], nn.Module]:
+        example = torch.zeros(1, 3, self.crop_size, self.crop_size)
+        return lambda profile: quantize_int8(copy.deepcopy(plain), example, profile)
+
+    def _int8_check(self, plain: nn.Module) -> Callable[[nn.Module], float]:
+        def check(model: nn.Module) -> float:
+            crops = probe_crops(8, self.crop_size)
+            return min_cosine(self._run(model, crops, 8, mode="int8"), self._run(plain, crops, 8, mode="fp32"))
+
+        return check
+
     @property
     def reference_model(self) -> InceptionResnetV1:
         """The plain fp32 facenet-pytorch module with this encoder's weights (built lazily)."""
@@ -276,15 +364,18 @@ class FaceEncoder:
             # NHWC permuted to NCHW is exactly the channels-last layout: no copy needed for the fast path.
             yield part, (nhwc.permute(0, 3, 1, 2).float() - mean) / std
 
-    def _run(self, model: nn.Module, crops: np.ndarray, batch_size: int, *, fast: bool) -> np.ndarray:
+    def _run(self, model: nn.Module, crops: np.ndarray, batch_size: int, *, mode: str) -> np.ndarray:
         crops = self._check(crops)
         out = np.empty((len(crops), self.embedding_dim), dtype=np.float32)
         device_type = torch.device(self.device).type
-        grad_off = torch.inference_mode() if fast else torch.no_grad()
+        grad_off = torch.no_grad() if mode == "fp32" else torch.inference_mode()
         with grad_off:
             for part, x in self._batches(crops, batch_size):
-                if fast:
+                if mode == "bf16":
                     with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+                        y = model(x)
+                elif mode == "int8":
+                    with int8_warnings_off():
                         y = model(x)
                 else:
                     y = model(x.contiguous())
@@ -295,10 +386,10 @@ class FaceEncoder:
 
     def encode(self, crops: np.ndarray) -> np.ndarray:
         """Embed uint8 crops of shape (N, 160, 160, 3) RGB → float32 (N, 512), rows of unit L2 norm."""
-        return self._run(self._model, crops, self.config.batch_size, fast=self.precision == "bf16")
+        return self._run(self._model, crops, self.config.batch_size, mode=self.precision)
 
     def encode_fp32_reference(self, crops: np.ndarray, *, batch_size: int = _REFERENCE_BATCH) -> np.ndarray:
         """Embed with facenet-pytorch's plain fp32 module (no folding, NCHW, no autocast): the baseline."""
         if batch_size < 1:
             raise InvalidInput("batch_size must be >= 1")
-        return self._run(self.reference_model, crops, batch_size, fast=False)
+        return self._run(self.reference_model, crops, batch_size, mode="fp32")

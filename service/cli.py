@@ -71,7 +71,7 @@ def _common_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help="TOML config file (env LATENTFACE_CONFIG)")
     g.add_argument("--store", help="PostgreSQL DSN for the gallery and API keys (scale-out; env LATENTFACE_STORE)")
     g.add_argument("--vectors", help="Milvus URI, http://host:19530 (scale-out, with --store; env LATENTFACE_VECTORS)")
-    g.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="encoder precision (default auto)")
+    g.add_argument("--precision", choices=("auto", "int8", "bf16", "fp32"), help="encoder precision (default auto)")
     g.add_argument("--offline", action="store_true", default=None, help="never download weights")
     g.add_argument("--adapter", help="debiasing adapter file (from `latentface debias`) applied after the encoder; "
                    "env LATENTFACE_ENCODER_ADAPTER")

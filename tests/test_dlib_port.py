@@ -163,6 +163,7 @@ def test_same_person_closer_than_different_people(port_descriptors, dlib_chips):
     assert d[same].max() < 0.57 and d[~same].min() > 0.62
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu(weights_path, dlib_chips, port_descriptors):
     cuda = load_dlib_resnet(weights_path).to("cuda")

@@ -202,3 +202,18 @@ def test_missing_named_checkpoint_never_falls_back_to_random(tmp_path: Path) -> 
     """A missing named checkpoint never silently becomes random weights."""
     with pytest.raises(WeightsUnavailable):
         FaceEncoder(EncoderConfig(weights="vggface2", torch_home=tmp_path))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_encoder_matches_cpu_fp32(fp32: FaceEncoder, crops: np.ndarray, fp32_out: np.ndarray) -> None:
+    """On a GPU: auto picks bf16 where supported, and agrees with the CPU fp32 path; int8 is CPU only."""
+    gpu_fp32 = FaceEncoder(EncoderConfig(weights="random", seed=0, precision="fp32", device="cuda"))
+    assert gpu_fp32.device.startswith("cuda")
+    # TF32 or reordered sums on the GPU: cosine, not allclose (measured on CPU: 1 - 1e-7 between runs).
+    assert np.sum(gpu_fp32.encode(crops) * fp32_out, axis=1).min() >= 0.9999
+    auto = FaceEncoder(EncoderConfig(weights="random", seed=0, device="cuda"))
+    assert auto.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert np.sum(auto.encode(crops) * fp32_out, axis=1).min() >= FAST_MIN_COSINE - 0.001
+    with pytest.raises(InvalidInput, match="CPU only"):
+        FaceEncoder(EncoderConfig(weights="random", seed=0, precision="int8", device="cuda"))
