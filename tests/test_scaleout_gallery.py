@@ -450,3 +450,36 @@ def test_face_counts_stay_exact_under_concurrent_writers(pg_gallery, rng):
     scanned = int(g.store.execute("SELECT COUNT(*) FROM faces WHERE collection = 'c'")[0][0])
     assert g.index_size("c") == scanned == g.collection_stats("c").faces == len(g.face_ids("c")[0])
     assert scanned == 8 * (20 - 4 - 2 * 2 + 1)  # 20 faces, 4 single deletes, 2 subjects of 2 (one already short)
+
+
+def test_migrations_run_once_even_when_replicas_start_together():
+    import threading
+
+    from embeddings.backends.postgres import _MIGRATIONS, PgStore
+
+    dsn = _services.postgres().create_database()
+    stores: list[PgStore] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            stores.append(PgStore(dsn, pool_size=1))
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        versions = [r[0] for r in stores[0].execute("SELECT version FROM schema_version ORDER BY version")]
+        assert versions == list(range(1, len(_MIGRATIONS) + 1))
+    finally:
+        for s in stores:
+            s.close()
+    again = PgStore(dsn)  # a later start finds nothing to do
+    again.close()
