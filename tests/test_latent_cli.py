@@ -50,6 +50,41 @@ def test_analyze_embeddings_file_writes_the_three_artefacts(tmp_path, capsys) ->
     assert sum(float(r["weight"]) for r in rows) == pytest.approx(1.0)
 
 
+def test_analyze_identity_aware_with_an_ess_floor_on_128d_embeddings(tmp_path, capsys) -> None:
+    # 128-d, like the dlib-resnet embeddings: nothing in the analysis may assume 512.
+    ds = make_group_embeddings(n=800, dim=128, images_per_identity=4, seed=3)
+    np.save(tmp_path / "e.npy", ds.vectors)
+    with (tmp_path / "l.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "identity", "group"])
+        w.writerows(zip(ds.ids, ds.identities, ds.groups["group"], strict=True))
+    args = _parser().parse_args(
+        ["analyze", "--embeddings", str(tmp_path / "e.npy"), "--labels", str(tmp_path / "l.csv"),
+         "--out", str(tmp_path / "out"), "--identity-aware", "--min-ess", "0.5", "--clusters", "3"]
+    )
+    assert args.handler(args, SimpleNamespace(data_dir=tmp_path)) == 0
+    printed = json.loads(capsys.readouterr().out)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    params = summary["params"]
+    assert params["identity_aware"] and params["min_ess"] == 0.5 and params["identities"] == 200
+    assert printed["alpha_effective"] == params["alpha_effective"] > 0
+    with (tmp_path / "out" / "weights.csv").open() as f:
+        weight = {r["id"]: float(r["weight"]) for r in csv.DictReader(f)}
+    # One weight per identity, shared by its 4 faces; over identities the ESS floor holds.
+    per_identity: dict[str, list[float]] = {}
+    for i, ident in zip(ds.ids, ds.identities, strict=True):
+        per_identity.setdefault(ident, []).append(weight[i])
+    mass = np.array([sum(v) for v in per_identity.values()])
+    assert all(max(v) - min(v) < 1e-12 for v in per_identity.values())
+    assert mass.sum() ** 2 / (mass**2).sum() >= 0.5 * 200 * 0.999
+    clusters = json.loads((tmp_path / "out" / "clusters.json").read_text())
+    assert {"direction", "direction_norm", "group_alignment"} <= set(clusters[0])
+    assert len(clusters[0]["direction"]) == params["active_dims"]
+    with pytest.raises(InvalidInput, match="min-ess"):
+        bad = _parser().parse_args(["analyze", "--embeddings", "e.npy", "--labels", "l.csv", "--out", "o", "--min-ess", "1"])
+        bad.handler(bad, SimpleNamespace(data_dir=tmp_path))
+
+
 def test_analyze_refuses_embeddings_without_labels(tmp_path) -> None:
     args = _parser().parse_args(["analyze", "--embeddings", "x.npy", "--out", str(tmp_path)])
     with pytest.raises(InvalidInput, match="--labels"):
