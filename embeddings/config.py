@@ -188,7 +188,8 @@ class EncoderConfig:
     ``precision`` is ``"auto"`` (int8 where the CPU and the model's calibration allow it, else bf16
     autocast + channels_last where the hardware supports it, else fp32: see
     ``embeddings.encode.select_precision``), ``"int8"`` (CPU only), ``"bf16"`` or ``"fp32"``.
-    ``runtime`` applies to dlib models: ``"torch"`` (the PyTorch port: batched, bf16, CUDA), ``"dlib"`` (dlib's own CPU runtime) or ``"auto"`` (torch).
+    ``runtime`` applies to dlib models: ``"torch"`` (the PyTorch port: batched, int8, bf16, CUDA),
+    ``"dlib"`` (dlib's own CPU runtime) or ``"auto"`` (torch).
     """
 
     weights: str = AUTO_WEIGHTS

@@ -123,7 +123,7 @@ def _qconfig_mapping(skip: tuple[str, ...]):
     from torch.ao.quantization.observer import HistogramObserver, PerChannelMinMaxObserver
 
     weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
-    activation = HistogramObserver.with_args(reduce_range=True)
+    activation = HistogramObserver.with_args(quant_min=0, quant_max=127)  # 7 bits: see above
     mapping = QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
     for name in skip:  # layers left in fp32
         mapping = mapping.set_module_name(name, None)
