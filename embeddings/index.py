@@ -4,8 +4,9 @@ The index keeps every live vector in an in-memory float32 table sorted by face i
 handed out in increasing order by the store, so appends keep it sorted). That table is the
 exact search while the collection is small (a BLAS matrix product: what ``IndexFlatIP``
 computes, without a second copy of the vectors) and the re-rank source once an ANN index
-(a FAISS factory string, ``IVF{nlist},Flat`` by default) answers the candidate search, so
-returned scores are always exact cosines of L2-normalised vectors.
+(a FAISS factory string, ``IVF{nlist},SQ8`` by default: 1-byte codes, a quarter of the
+floats) answers the candidate search, so returned scores are always exact cosines of
+L2-normalised vectors and the floats are held once.
 
 Deletes flip a live bit in the table and call ``remove_ids`` on the ANN index; where the
 ANN index cannot remove (HNSW) the id stays there as a tombstone that the table filters out,
@@ -47,6 +48,8 @@ _REBUILD_GROWTH = 4.0
 _TOMBSTONE_FRACTION = 0.2
 # Query rows × table rows per exact-search block (bounds the temporary score matrix).
 _EXACT_BLOCK = 1 << 24
+# Searches of at most this many queries run on ``IndexConfig.search_threads`` OpenMP threads.
+_SMALL_BATCH = 8
 
 
 def nlist_for(n: int) -> int:
@@ -276,6 +279,7 @@ class VectorIndex:
         except RuntimeError as exc:
             raise InvalidInput(f"bad index factory string {factory!r}: {exc}") from exc
         if self._tune(index):
+            faiss.extract_index_ivf(index).cp.niter = self.config.train_iterations
             return index, factory, True
         # Indexes without ids of their own (HNSW, flat codes) get an id map; they may not remove.
         return faiss.IndexIDMap2(index), factory, False
@@ -284,10 +288,15 @@ class VectorIndex:
         """Apply the configured search breadth (IVF nprobe, HNSW efSearch) to ``index`` — also after a
         load, where the saved value may predate the current config. True when ``index`` is an IVF."""
         try:
-            faiss.extract_index_ivf(index).nprobe = self.config.nprobe
-            return True
+            ivf = faiss.extract_index_ivf(index)
         except RuntimeError:
-            pass
+            ivf = None
+        if ivf is not None:
+            ivf.nprobe = self.config.nprobe
+            coarse = getattr(faiss.downcast_index(ivf.quantizer), "hnsw", None)
+            if coarse is not None:  # an HNSW coarse quantizer must find the nprobe nearest lists
+                coarse.efSearch = max(4 * self.config.nprobe, 64)
+            return True
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
         hnsw = getattr(inner, "hnsw", None)
         if hnsw is not None:
@@ -373,6 +382,14 @@ class VectorIndex:
                 return self._search_exact(q, k)
             return self._search_ann(q, k)
 
+    def search_exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`search`, but always by scanning every stored vector (the baseline ANN replaces)."""
+        if k < 1:
+            raise InvalidInput("k must be >= 1")
+        q = _as_matrix(queries, self.dim, "queries")
+        with self._lock.read():
+            return self._search_exact(q, k)
+
     def _search_exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         n = self._n
         scores = np.full((len(q), k), -np.inf, np.float32)
@@ -399,10 +416,18 @@ class VectorIndex:
     def _search_ann(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         assert self._ann is not None
         kk = min(max(k, self.config.rerank_k) + self._ann_tombstones, max(int(self._ann.ntotal), 1))
+        threads = self.config.search_threads if len(q) <= _SMALL_BATCH else 0
+        # OpenMP's thread count is per calling thread (libgomp), so this bounds only this search.
+        before = faiss.omp_get_max_threads() if threads else 0
         try:
+            if threads:
+                faiss.omp_set_num_threads(threads)
             _, cand = self._ann.search(q, kk)
         except RuntimeError as exc:
             raise StorageError(f"ANN search failed: {exc}") from exc
+        finally:
+            if threads:
+                faiss.omp_set_num_threads(before)
         scores = np.full((len(q), k), -np.inf, np.float32)
         out = np.full((len(q), k), -1, np.int64)
         rows, ok = self._rows_of(cand.ravel())
