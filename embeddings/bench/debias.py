@@ -13,17 +13,19 @@ from embeddings.audit import AuditOptions
 from embeddings.debias import DebiasAdapter, run_debias
 from embeddings.synthetic.debias import make_debias_embeddings
 
-__all__ = ["ACCEPTANCE_ADAPTER", "acceptance_figures", "planted_run", "run"]
+__all__ = ["ACCEPTANCE_ADAPTER", "ACCEPTANCE_ANALYSIS", "acceptance_figures", "planted_run", "run"]
 
 # The adapter the acceptance runs train (and the bench times): a two-layer head, 14 epochs.
 ACCEPTANCE_ADAPTER: dict[str, Any] = {"out_dim": 64, "hidden_dim": 256, "epochs": 14}
+# The latent analysis behind the weights: run_debias's defaults (knn, α = 0.1).
+ACCEPTANCE_ANALYSIS: dict[str, Any] = {}
 
 
 def planted_run(*, seed: int, structure: str = "neglected", n_identities: int = 3000, n_bootstrap: int = 200) -> dict:
     """One debias run on the planted data of ``seed``; returns its report."""
     ds = make_debias_embeddings(n_identities=n_identities, structure=structure, seed=seed)
     result = run_debias(
-        ds, group_by=["group"], target_fmr=1e-3, adapter_params=ACCEPTANCE_ADAPTER,
+        ds, group_by=["group"], target_fmr=1e-3, adapter_params=ACCEPTANCE_ADAPTER, analysis_params=ACCEPTANCE_ANALYSIS,
         audit_options=AuditOptions(n_bootstrap=n_bootstrap), seed=seed,
     )  # fmt: skip
     return result.report

@@ -36,7 +36,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=20, help="training epochs per adapter (default %(default)s)")
     p.add_argument("--margin", type=float, default=0.2, help="CosFace margin (default %(default)s)")
     p.add_argument("--method", choices=("knn", "gmm", "histogram"), default=None, help="latent density estimator")
-    p.add_argument("--alpha", type=float, default=None, help="weight smoothing α (default: the method's)")
+    p.add_argument("--alpha", type=float, default=None, help="weight smoothing α (default 0.1 for knn and gmm, the method's for histogram)")
     p.add_argument("--vaes", type=int, default=1, metavar="N", help="VAEs averaged for the weights (default %(default)s)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates per audit (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
