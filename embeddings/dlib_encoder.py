@@ -187,8 +187,9 @@ class DlibEncoder:
                     with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
                         y = model(x)
                 elif mode == "int8":
+                    # The NHWC pixels permuted are channels-last already: the int8 kernels' layout.
                     with int8_warnings_off():
-                        y = model(x.contiguous())
+                        y = model(x)
                 else:
                     y = model(x.contiguous())
                 out[part] = y.float().cpu().numpy()
