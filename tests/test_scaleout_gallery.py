@@ -483,3 +483,30 @@ def test_migrations_run_once_even_when_replicas_start_together():
             s.close()
     again = PgStore(dsn)  # a later start finds nothing to do
     again.close()
+
+
+def test_a_lost_milvus_collection_is_rebuilt_from_postgresql(tmp_path, rng):
+    from pymilvus import MilvusClient
+
+    from embeddings.backends.pg_milvus import PgMilvusGallery
+
+    dsn, uri = _services.postgres().create_database(), _services.milvus().uri
+    g = PgMilvusGallery.open(GalleryConfig(data_dir=tmp_path), store=dsn, vectors=uri, background=False)
+    g.create_collection("c")
+    vecs = unit(rng, 50, 32)
+    ids = g.bulk_enroll("c", [f"s{i}" for i in range(50)], vecs, model_id=MODEL)
+    g.delete_face("c", int(ids[3]))
+    incarnation = g.get_collection("c").incarnation
+    g.close()
+    client = MilvusClient(uri=uri)
+    client.drop_collection("lf_" + incarnation)  # Milvus lost it
+    client.close()
+    g = PgMilvusGallery.open(GalleryConfig(data_dir=tmp_path), store=dsn, vectors=uri, background=False)
+    try:
+        assert g.search("c", vecs[7], 1) == [[]]
+        assert g.rebuild_vectors("c") == 49
+        assert g.search("c", vecs[7], 1)[0][0].face_id == int(ids[7])
+        store_ids, index_ids = g.face_ids("c")
+        assert store_ids.tolist() == index_ids.tolist() and int(ids[3]) not in index_ids
+    finally:
+        g.close()

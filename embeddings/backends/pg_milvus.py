@@ -156,6 +156,22 @@ class PgMilvusGallery:
     def snapshot(self, collection: str | None = None) -> None:
         """Nothing to do: PostgreSQL and Milvus persist themselves."""
 
+    def rebuild_vectors(self, collection: str) -> int:
+        """Rebuild the collection's Milvus side from PostgreSQL (after a lost or damaged Milvus); returns
+        the vectors written. Searches meanwhile may miss faces, never return deleted ones."""
+        rec = self.get_collection(collection)
+        self.vectors.drop(rec.incarnation)
+        n = 0
+        for ids, vecs in self.store.iter_vectors(collection):
+            self.vectors.upsert(rec.incarnation, ids, vecs)
+            n += len(ids)
+        # Faces deleted while we copied may have been copied after their Milvus delete: take them out again.
+        stale = set(self.vectors.ids(rec.incarnation)) - set(self.store.face_ids(collection).tolist())
+        if stale:
+            self.vectors.remove(rec.incarnation, sorted(stale))
+        self.vectors.flush(rec.incarnation)
+        return n
+
     def build_index(self, collection: str) -> str:
         """Have Milvus index what it holds now (a flush); returns the index type."""
         self.vectors.flush(self.get_collection(collection).incarnation)
