@@ -22,6 +22,7 @@ raw descriptors) is translated to a cosine in ``PRETRAINED["dlib-resnet"]``.
 from __future__ import annotations
 
 import copy
+import json
 import threading
 
 import numpy as np
@@ -115,12 +116,24 @@ class DlibEncoder:
         return torch.from_numpy(self._check(crops)).permute(0, 3, 1, 2).float().contiguous()
 
     def _build_int8(self, profile: dict) -> torch.nn.Module:
-        example = torch.zeros(1, 3, self.crop_size, self.crop_size)
-        return quantize_int8(self.int8_source(), example, profile)
+        # One int8 module per weights and profile in a process (it is stateless, so encoders share it):
+        # building one takes ~2.5 s, and tests and servers make several encoders of one model.
+        key = (self.model_id, json.dumps(profile, sort_keys=True))
+        with _INT8_LOCK:
+            if key not in _INT8_MODELS:
+                example = torch.zeros(1, 3, self.crop_size, self.crop_size)
+                _INT8_MODELS[key] = quantize_int8(self.int8_source(), example, profile)
+            return _INT8_MODELS[key]
 
     def _int8_agreement(self, model: torch.nn.Module) -> float:
+        """The worst cosine between int8 ``model`` and fp32 on the probe crops (once per module)."""
+        if id(model) in _SELF_CHECKS:
+            return _SELF_CHECKS[id(model)]
         crops = probe_crops(8, self.crop_size)
-        return min_cosine(self._run(model, crops, mode="int8"), self._run(self._model, crops, mode="fp32"))
+        worst = min_cosine(self._run(model, crops, mode="int8"), self._run(self._model, crops, mode="fp32"))
+        if any(m is model for m in _INT8_MODELS.values()):
+            _SELF_CHECKS[id(model)] = worst
+        return worst
 
     def __repr__(self) -> str:
         return (
@@ -203,6 +216,12 @@ class DlibEncoder:
         """The same crops through the fp32 path (the port without autocast, or dlib's runtime)."""
         del batch_size
         return _normalise(self.descriptors(crops, fast=False))
+
+
+# Built int8 modules and their self-check results, per process (see DlibEncoder._build_int8).
+_INT8_MODELS: dict[tuple[str, str], torch.nn.Module] = {}
+_SELF_CHECKS: dict[int, float] = {}  # id of a module kept in _INT8_MODELS → worst probe cosine
+_INT8_LOCK = threading.Lock()
 
 
 def _normalise(rows: np.ndarray) -> np.ndarray:
