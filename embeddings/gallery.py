@@ -336,7 +336,10 @@ class Gallery:
                     return
                 pending = state.unsnapshotted
                 copy = index.capture(meta={"incarnation": state.record.incarnation})
-            seq = copy.write(self._snapshot_path(state.record))  # outside every lock: searches and writes go on
+            path = self._snapshot_path(state.record)
+            seq = copy.write(path)  # outside every lock: searches and writes go on
+            # The rows just written are served from the file's map from now on, not from memory.
+            index.remap(path, copy)
             state.unsnapshotted = max(0, state.unsnapshotted - pending)
             self._store.truncate_changes(name, seq)
 

@@ -15,9 +15,12 @@ view of the table, without holding the lock) and are swapped in after the change
 meanwhile are applied, so searches are not blocked by a build.
 
 Snapshots are one file: a JSON header, the ids, the vectors and the serialised ANN index,
-written to a temp file, fsynced and renamed over the old one. Loading maps the ids and
-vectors (copy-on-write on the first change) so a restart costs little more than reading
-the ANN index.
+written to a temp file, fsynced and renamed over the old one. The vector table is two
+segments: a read-only base that maps a snapshot's vectors, then an owned tail for the rows
+added since. Loading maps the base (only the ids, 8 bytes a row, are copied on the first
+change), and once a snapshot is written the rows it holds are served from its map again
+(:meth:`VectorIndex.remap`), so a running server keeps the float vectors in the page cache,
+not twice in its own memory, and an enroll never copies the whole table.
 """
 
 from __future__ import annotations
@@ -125,11 +128,13 @@ class VectorIndex:
         self._lock = _RWLock()
         self._build_lock = threading.Lock()
         self._ids = np.empty(0, np.int64)
-        self._vecs = np.empty((0, self.dim), np.float32)
+        self._base = np.empty((0, self.dim), np.float32)  # rows [0, len(base)): a snapshot's map, read-only
+        self._vecs = np.empty((0, self.dim), np.float32)  # rows [len(base), _n): owned, appended to
         self._alive = np.empty(0, bool)
         self._n = 0  # rows used in the table
         self._dead = 0  # rows of the table that are deleted
-        self._owned = True  # False while the table is a read-only map of a snapshot
+        self._owned = True  # False while the ids are a read-only map of a snapshot
+        self._layout = 0  # bumped whenever rows are renumbered (merge, compaction)
         self._ann: faiss.Index | None = None
         self._ann_kind = "flat"
         self._ann_removable = True
@@ -159,7 +164,10 @@ class VectorIndex:
             rows, ok = self._rows_of(np.asarray(ids, np.int64))
             if not ok.all():
                 raise InvalidInput("some ids are not in the index")
-            return self._vecs[rows].copy()
+            return self._view(self._n).take(rows)
+
+    def _view(self, n: int) -> _Rows:
+        return _Rows(self._base, self._vecs, n)
 
     def _rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self._n:
@@ -169,18 +177,23 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ mutation
     def _own_table(self, extra: int) -> None:
-        """Make the table writable with room for ``extra`` more rows (amortised growth)."""
-        need = self._n + extra
-        if self._owned and need <= len(self._ids):
-            return
-        cap = max(need, int(len(self._ids) * 1.5), 1024) if self._owned else max(need, 1024)
-        ids = np.empty(cap, np.int64)
-        vecs = np.empty((cap, self.dim), np.float32)
-        alive = np.zeros(cap, bool)
-        ids[: self._n] = self._ids[: self._n]
-        vecs[: self._n] = self._vecs[: self._n]
-        alive[: self._n] = self._alive[: self._n]
-        self._ids, self._vecs, self._alive, self._owned = ids, vecs, alive, True
+        """Make the table writable with room for ``extra`` more rows (amortised growth).
+
+        New arrays, never in place (a capture or a build may hold the old ones); the mapped base
+        is never copied, only the ids, the live bits and the tail."""
+        n, nb = self._n, len(self._base)
+        need = n + extra
+        if not self._owned or need > len(self._ids):
+            cap = max(need, int(len(self._ids) * 1.5), 1024)
+            ids = np.empty(cap, np.int64)
+            alive = np.zeros(cap, bool)
+            ids[:n] = self._ids[:n]
+            alive[:n] = self._alive[:n]
+            self._ids, self._alive, self._owned = ids, alive, True
+        if need - nb > len(self._vecs):
+            vecs = np.empty((max(need - nb, int(len(self._vecs) * 1.5), 1024), self.dim), np.float32)
+            vecs[: n - nb] = self._vecs[: n - nb]
+            self._vecs = vecs
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, *, seq: int | None = None) -> None:
         """Add vectors under new ids; ids already present are skipped (replay is idempotent).
@@ -215,8 +228,9 @@ class VectorIndex:
             self._merge(ids, vecs)
         else:
             self._own_table(len(ids))
+            t = self._n - len(self._base)
             self._ids[self._n : self._n + len(ids)] = ids
-            self._vecs[self._n : self._n + len(ids)] = vecs
+            self._vecs[t : t + len(ids)] = vecs
             self._alive[self._n : self._n + len(ids)] = True
             self._n += len(ids)
         if self._ann is not None:
@@ -230,11 +244,13 @@ class VectorIndex:
         all_ids = np.concatenate([self._ids[:n][keep], ids])
         order = np.argsort(all_ids, kind="stable")
         self._ids = all_ids[order]
-        self._vecs = np.concatenate([self._vecs[:n][keep], vecs])[order]
+        self._vecs = np.concatenate([self._view(n).take(np.flatnonzero(keep)), vecs])[order]
+        self._base = np.empty((0, self.dim), np.float32)
         self._alive = np.concatenate([self._alive[:n][keep], np.ones(len(ids), bool)])[order]
         self._n = len(self._ids)
         self._dead = int(self._n - self._alive.sum())
         self._owned = True
+        self._layout += 1
 
     def remove(self, ids: np.ndarray, *, seq: int | None = None) -> int:
         """Delete ids; unknown ids are ignored. Returns how many were removed. ``seq`` as in :meth:`add`."""
@@ -264,12 +280,14 @@ class VectorIndex:
     def _compact(self) -> None:
         # New arrays, never in place: a build running aside may hold views of the old ones.
         live = self._alive[: self._n]
+        self._vecs = self._view(self._n).take(np.flatnonzero(live))
+        self._base = np.empty((0, self.dim), np.float32)
         self._ids = self._ids[: self._n][live].copy()
-        self._vecs = self._vecs[: self._n][live].copy()
         self._alive = np.ones(len(self._ids), bool)
         self._n = len(self._ids)
         self._dead = 0
         self._owned = True  # the copies are ours even when the old table was a snapshot map
+        self._layout += 1
 
     # ------------------------------------------------------------------ ANN plumbing
     def _new_ann(self, n: int) -> tuple[faiss.Index, str, bool]:
@@ -339,7 +357,7 @@ class VectorIndex:
         with self._build_lock:
             with self._lock.read():
                 n = self._n
-                ids, vecs, alive = self._ids[:n], self._vecs[:n], self._alive[:n].copy()
+                ids, vecs, alive = self._ids[:n], self._view(n), self._alive[:n].copy()
             rows = np.flatnonzero(alive)
             if len(rows) < self.config.ann_threshold:
                 with self._lock.write():
@@ -351,10 +369,10 @@ class VectorIndex:
                     nl = nlist_for(len(rows))
                     m = min(len(rows), max(40 * nl, 10_000))
                     sample = np.sort(np.random.default_rng(seed).choice(rows, size=m, replace=False))
-                    index.train(np.ascontiguousarray(vecs[sample]))
+                    index.train(vecs.take(sample))
                 for start in range(0, len(rows), 65536):
                     r = rows[start : start + 65536]
-                    index.add_with_ids(np.ascontiguousarray(vecs[r]), np.ascontiguousarray(ids[r]))
+                    index.add_with_ids(vecs.take(r), np.ascontiguousarray(ids[r]))
             except RuntimeError as exc:
                 raise StorageError(f"building the ANN index {factory!r} failed: {exc}") from exc
             built_ids = ids[rows]
@@ -364,7 +382,7 @@ class VectorIndex:
                 removed = np.setdiff1d(built_ids, cur, assume_unique=True)
                 if len(added):
                     r, _ = self._rows_of(added)
-                    self._ann_add(index, added, np.ascontiguousarray(self._vecs[r]))
+                    self._ann_add(index, added, self._view(self._n).take(r))
                 self._ann, self._ann_kind, self._ann_removable = index, factory, removable
                 self._ann_tombstones = 0
                 if len(removed):
@@ -399,8 +417,11 @@ class VectorIndex:
         kk = min(k, self.ntotal)
         dead = ~self._alive[:n]
         block = max(1, _EXACT_BLOCK // max(n, 1))
+        nb = min(n, len(self._base))
         for s in range(0, len(q), block):
-            sim = q[s : s + block] @ self._vecs[:n].T
+            sim = np.empty((len(q[s : s + block]), n), np.float32)
+            sim[:, :nb] = q[s : s + block] @ self._base[:nb].T
+            sim[:, nb:] = q[s : s + block] @ self._vecs[: n - nb].T
             sim[:, dead] = -np.inf
             if kk < n:
                 top = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
@@ -433,7 +454,7 @@ class VectorIndex:
         rows, ok = self._rows_of(cand.ravel())
         rows, ok = rows.reshape(cand.shape), ok.reshape(cand.shape) & (cand >= 0)
         # Exact re-rank from the stored vectors: the returned scores are true cosines.
-        exact = np.einsum("qkd,qd->qk", self._vecs[rows], q)
+        exact = np.einsum("qkd,qd->qk", self._view(self._n).take(rows), q)
         exact[~ok] = -np.inf
         kk = min(k, cand.shape[1])
         order = np.argsort(-exact, axis=1, kind="stable")[:, :kk]
@@ -472,7 +493,30 @@ class VectorIndex:
                 "has_ann": ann is not None,
                 "meta": meta or {},
             }
-            return IndexCopy(header, self._ids[:n], self._vecs[:n], live, ann)
+            copy = IndexCopy(header, self._ids[:n], self._view(n), live, ann)
+            copy.layout = self._layout
+            return copy
+
+    def remap(self, path: Path, copy: IndexCopy) -> bool:
+        """After ``copy`` was written to ``path``, serve the rows it holds from the file's map instead
+        of memory (the rows added since move to a new tail). Only when the copy had no deleted rows
+        and no rows were renumbered since, so file row i is table row i; True when remapped."""
+        n = len(copy.live)
+        if copy.vectors_offset is None or not n or not copy.live.all():
+            return False
+        try:
+            base = np.memmap(path, np.float32, "r", offset=copy.vectors_offset, shape=(n, self.dim))
+        except (OSError, ValueError):
+            return False  # the memory copy stays; nothing is lost
+        with self._lock.write():
+            if self._layout != copy.layout or self._n < n:
+                return False
+            tail = self._view(self._n).take(np.arange(n, self._n))
+            room = np.empty((max(len(tail), 1024), self.dim), np.float32)
+            room[: len(tail)] = tail
+            # Builds and captures running now hold views of the old arrays, which stay as they are.
+            self._base, self._vecs = base, room
+        return True
 
     @classmethod
     def load(cls, path: Path, config: IndexConfig | None = None) -> tuple[VectorIndex, dict[str, Any]]:
@@ -492,7 +536,7 @@ class VectorIndex:
                 index = cls(dim, config)
                 if n:
                     index._ids = np.memmap(path, np.int64, "r", offset=ids_off, shape=(n,))
-                    index._vecs = np.memmap(path, np.float32, "r", offset=vec_off, shape=(n, dim))
+                    index._base = np.memmap(path, np.float32, "r", offset=vec_off, shape=(n, dim))
                     index._owned = False
                 index._alive = np.ones(n, bool)
                 index._n = n
@@ -515,10 +559,12 @@ class IndexCopy:
     """A point-in-time copy of a :class:`VectorIndex` (see :meth:`VectorIndex.capture`), written without locks."""
 
     def __init__(
-        self, header: dict[str, Any], ids: np.ndarray, vecs: np.ndarray, live: np.ndarray, ann: np.ndarray | None
+        self, header: dict[str, Any], ids: np.ndarray, vecs: _Rows, live: np.ndarray, ann: np.ndarray | None
     ) -> None:
         self.header = header
-        self._ids, self._vecs, self._live, self._ann = ids, vecs, live, ann
+        self._ids, self._vecs, self.live, self._ann = ids, vecs, live, ann
+        self.layout = 0
+        self.vectors_offset: int | None = None  # where the vectors start in the file, once written
 
     @property
     def seq(self) -> int:
@@ -530,7 +576,7 @@ class IndexCopy:
         tmp = path.with_name(path.name + f".tmp-{os.getpid()}-{threading.get_ident()}")
         raw = json.dumps(self.header).encode()
         head_len = -(-(len(_MAGIC) + 8 + len(raw)) // _ALIGN) * _ALIGN
-        live, n = self._live, len(self._live)
+        live = self.live
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # embeddings: owner only
             with os.fdopen(fd, "wb") as f:
@@ -539,9 +585,9 @@ class IndexCopy:
                 f.write(np.ascontiguousarray(self._ids[live]).tobytes())
                 pad = (-f.tell()) % _ALIGN
                 f.write(b"\0" * pad)
-                for s in range(0, n, 65536):
-                    blk = self._vecs[s : min(s + 65536, n)][live[s : s + 65536]]
-                    f.write(np.ascontiguousarray(blk).tobytes())
+                offset = f.tell()
+                for s, blk in self._vecs.blocks():
+                    f.write(np.ascontiguousarray(blk[live[s : s + len(blk)]]).tobytes())
                 if self._ann is not None:
                     f.write(self._ann.tobytes())
                 f.flush()
@@ -555,4 +601,36 @@ class IndexCopy:
         except (OSError, RuntimeError) as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"writing index snapshot {path.name} failed: {exc}") from exc
+        self.vectors_offset = offset
         return self.seq
+
+
+class _Rows:
+    """Rows ``[0, n)`` of the vector table: the read-only base, then the owned tail. A stable view:
+    rows below ``n`` of either array are never changed in place."""
+
+    __slots__ = ("base", "n", "tail")
+
+    def __init__(self, base: np.ndarray, tail: np.ndarray, n: int) -> None:
+        self.base, self.tail, self.n = base, tail, n
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Vectors of ``rows`` (any shape, each in ``[0, n)``): a new C-contiguous array (..., dim)."""
+        rows = np.asarray(rows, np.intp)
+        nb = len(self.base)
+        if not nb:
+            return self.tail[rows]
+        flat = rows.ravel()
+        out = np.empty((len(flat), self.base.shape[1]), np.float32)
+        in_base = flat < nb
+        out[in_base] = self.base[flat[in_base]]
+        out[~in_base] = self.tail[flat[~in_base] - nb]
+        return out.reshape((*rows.shape, self.base.shape[1]))
+
+    def blocks(self, step: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, rows) in order, at most ``step`` rows each, never straddling the two segments."""
+        nb = min(self.n, len(self.base))
+        for s in range(0, nb, step):
+            yield s, self.base[s : min(s + step, nb)]
+        for s in range(nb, self.n, step):
+            yield s, self.tail[s - nb : min(s + step, self.n) - nb]

@@ -170,3 +170,75 @@ def test_identify_through_the_gallery_matches_brute_force_subjects(tmp_path, dat
                     break
             assert [(c.subject_id, int(c.face_id)) for c in got] == [(s, f) for s, f, _ in ref]
             np.testing.assert_allclose([c.score for c in got], [sc for _, _, sc in ref], atol=1e-5)
+
+
+def _check_all(index: VectorIndex, ids: np.ndarray, vecs: np.ndarray, q: np.ndarray) -> None:
+    scores, got = index.search_exact(q, 5)
+    ref_s, ref_i = brute(ids, vecs, q, 5)
+    np.testing.assert_array_equal(got, ref_i)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+    np.testing.assert_array_equal(index.ids(), ids)
+    np.testing.assert_allclose(index.vectors(ids), vecs, atol=1e-7)  # the gallery re-normalises
+
+
+@pytest.mark.parametrize("ann", [False, True])
+def test_enroll_after_load_keeps_the_mapped_vectors_and_answers_exactly(tmp_path, data, ann: bool) -> None:
+    ids, vecs, q = data
+    cfg = IndexConfig(ann_threshold=1000 if ann else 10**6, nprobe=4096, rerank_k=64)
+    index = VectorIndex(DIM, cfg)
+    index.add(ids[:3000], vecs[:3000])
+    if ann:
+        index.build()
+    index.save(tmp_path / "c.lfidx")
+    loaded, _ = VectorIndex.load(tmp_path / "c.lfidx", cfg)
+    base = loaded._base
+    assert isinstance(base, np.memmap) and len(base) == 3000
+    for s in range(3000, 4000, 250):  # appends land in the tail; the map is not copied
+        loaded.add(ids[s : s + 250], vecs[s : s + 250])
+    assert loaded._base is base and len(loaded._vecs) < 3000
+    gone = ids[2990:3010]  # both sides of the segment boundary
+    loaded.remove(gone)
+    keep = ~np.isin(ids, gone)
+    _check_all(loaded, ids[keep], vecs[keep], q)
+    scores, got = loaded.search(q, 5)
+    ref_s, ref_i = brute(ids[keep], vecs[keep], q, 5)
+    np.testing.assert_array_equal(got, ref_i)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+    if ann:  # a rebuild reads both segments
+        loaded.build()
+        np.testing.assert_array_equal(loaded.search(q, 5)[1], ref_i)
+    loaded.save(tmp_path / "d.lfidx")  # a snapshot of a two-segment table
+    again, _ = VectorIndex.load(tmp_path / "d.lfidx", cfg)
+    _check_all(again, ids[keep], vecs[keep], q)
+
+
+def test_a_snapshot_moves_the_vectors_to_its_map_and_later_changes_stay_exact(tmp_path, data) -> None:
+    ids, vecs, q = data
+    subjects = [f"s{i // 5}" for i in range(len(vecs))]
+    cfg = GalleryConfig(data_dir=tmp_path, index=IndexConfig(ann_threshold=1000, nprobe=4096, rerank_k=64))
+    with Gallery.open(cfg, background=False) as g:
+        g.create_collection("c")
+        fids = g.bulk_enroll("c", subjects[:3000], vecs[:3000], model_id="m", maintain=False)
+        g.build_index("c")
+        g.snapshot("c")
+        index = g._state("c").index
+        assert isinstance(index._base, np.memmap) and len(index._base) == 3000
+        assert len(index._vecs) < 3000  # the memory copy is gone
+        more = g.bulk_enroll("c", subjects[3000:], vecs[3000:], model_id="m", maintain=False)
+        all_ids = np.concatenate([fids, more])
+        gone = g.delete_subject("c", "s599") + g.delete_subject("c", "s600")  # faces 2995..3004
+        keep = ~np.isin(all_ids, gone)
+        _check_all(index, all_ids[keep], vecs[keep], q)
+        g.snapshot("c")  # deleted rows in the copy: the file's rows are not the table's, no remap
+        _check_all(index, all_ids[keep], vecs[keep], q)
+        doomed = all_ids[keep][: int(keep.sum() * 0.3)]  # past a quarter dead: a compaction renumbers rows
+        for subject in sorted({subjects[i] for i in np.flatnonzero(np.isin(all_ids, doomed))}):
+            g.delete_subject("c", subject)
+        keep = np.isin(all_ids, g.face_ids("c")[0])  # what the store still holds
+        assert index._layout > 0 and not len(index._base)  # compacted into memory
+        _check_all(index, all_ids[keep], vecs[keep], q)
+        g.snapshot("c")
+        hits = g.search("c", q, 3)
+    with Gallery.open(cfg, background=False) as g:
+        assert [[h.face_id for h in row] for row in g.search("c", q, 3)] == [[h.face_id for h in row] for row in hits]
+        _check_all(g._state("c").index, all_ids[keep], vecs[keep], q)
