@@ -108,8 +108,10 @@ def test_sixteen_keyless_watch_streams_starve_nothing_and_stop_is_quick(base, tm
             check = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
             check_s = time.perf_counter() - start
         assert check.status == SERVING
-        assert api_s < 5.0, f"40 API calls took {api_s:.2f} s with 16 Watch streams open"
-        assert check_s < 1.0, f"Health/Check took {check_s:.2f} s"
+        # Measured 0.07-0.14 s and 1-8 ms (with or without the streams) on 2 shared cores at load 9;
+        # bounds ~15x above for that load. Before the fix both timed out (no thread was free).
+        assert api_s < 2.0, f"40 API calls took {api_s:.2f} s with 16 Watch streams open"
+        assert check_s < 0.5, f"Health/Check took {check_s:.2f} s"
     finally:
         start = time.perf_counter()
         srv.stop(10.0)  # the grace period SIGTERM uses by default
@@ -118,8 +120,8 @@ def test_sixteen_keyless_watch_streams_starve_nothing_and_stop_is_quick(base, tm
             w.ended.wait(5)
         for ch in channels:
             ch.close()
-    # Measured ~0.1 s here; before the fix the open streams held it for the whole 10 s grace.
-    assert stop_s < 3.0, f"stop took {stop_s:.2f} s with Watch streams open"
+    # Measured 0.06 s, as when idle; before the fix the open streams held it for the whole 10 s grace.
+    assert stop_s < 2.0, f"stop took {stop_s:.2f} s with Watch streams open"
     for w in open_:
         assert w.ended.is_set()
         assert w.statuses == [SERVING, NOT_SERVING], "a watcher should hear NOT_SERVING before its stream ends"
