@@ -128,7 +128,10 @@ def select_precision(
     measured = float(profile.get("heldout_cosine_min", 0.0))
     if measured < INT8_COSINE_BAR:
         return resolved, None, f"auto: {resolved} (int8 cosine {measured:.5f} on real faces < {INT8_COSINE_BAR})"
-    model = build_int8(profile)
+    try:
+        model = build_int8(profile)
+    except Unavailable as exc:  # e.g. a torch build without the x86 quantized engine
+        return resolved, None, f"auto: {resolved} (int8 unavailable: {exc})"
     probe = self_check(model)
     if probe < INT8_COSINE_BAR:
         return resolved, None, f"auto: {resolved} (int8 self-check cosine {probe:.5f} < {INT8_COSINE_BAR})"

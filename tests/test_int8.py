@@ -120,6 +120,14 @@ def test_auto_selection_rule(dlib_int8) -> None:
     if int8_is_fast():
         assert (precision, int8) == (resolve_precision("auto", "cpu"), None) and "self-check" in note
     assert dlib_int8._model is model
+    # An int8 build that fails (here: a profile that does not fit) falls back too, with the reason.
+
+    def bad_build(_profile: dict) -> torch.nn.Module:
+        return quantize_int8(dlib_int8.int8_source(), torch.zeros(1, 3, 150, 150), {"qparams": {}})
+
+    precision, int8, note = select_precision("auto", "cpu", dlib_int8.model_id, bad_build, lambda _m: 1.0)
+    if int8_is_fast():
+        assert (precision, int8) == (resolve_precision("auto", "cpu"), None) and "does not fit" in note
     # The probe crops the self-check uses: int8 agrees there about as on faces (measured 0.99777).
     assert dlib_int8._int8_agreement(dlib_int8._int8) >= INT8_COSINE_BAR
     # The CPU rule.
