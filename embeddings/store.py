@@ -173,6 +173,9 @@ class GalleryStore:
             private_file(self.path)  # embeddings are biometric data: 0600 (the -wal/-shm files follow)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves so a transaction is exactly one call.
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            # A new database only (an existing one keeps its page size): a 512-d float32 face is 2 KB,
+            # so 4 KB pages hold one face each; 16 KB pages hold seven, near halving the file.
+            self._conn.execute("PRAGMA page_size=16384")
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")

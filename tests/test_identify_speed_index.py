@@ -242,3 +242,27 @@ def test_a_snapshot_moves_the_vectors_to_its_map_and_later_changes_stay_exact(tm
     with Gallery.open(cfg, background=False) as g:
         assert [[h.face_id for h in row] for row in g.search("c", q, 3)] == [[h.face_id for h in row] for row in hits]
         _check_all(g._state("c").index, all_ids[keep], vecs[keep], q)
+
+
+def test_new_stores_use_16k_pages_and_old_4k_ones_keep_working(tmp_path) -> None:
+    import sqlite3
+
+    from embeddings.store import GalleryStore
+
+    vecs = np.random.default_rng(1).standard_normal((50, DIM)).astype(np.float32)
+    old = tmp_path / "old.sqlite3"
+    c = sqlite3.connect(old)
+    c.execute("PRAGMA page_size=4096")
+    c.execute("PRAGMA journal_mode=WAL")  # what an older version made: 4 KB pages, WAL
+    c.close()
+    for path, page in ((tmp_path / "new.sqlite3", 16384), (old, 4096)):
+        store = GalleryStore(path)
+        store.create_collection("c", threshold=0.5)
+        result, _ = store.add_faces("c", ["a"] * 50, vecs, model_id="m")
+        got = np.concatenate([v for _, v in store.iter_vectors("c")])
+        np.testing.assert_array_equal(got, vecs)
+        assert store.subjects_of("c", list(result.face_ids)) == dict.fromkeys(result.face_ids, "a")
+        store.close()
+        c = sqlite3.connect(path)
+        assert c.execute("PRAGMA page_size").fetchone()[0] == page
+        c.close()
