@@ -294,5 +294,34 @@ class FaceEngine:
     def delete_face(self, collection: str, face_id: int) -> str:
         return self.gallery.delete_face(collection, face_id)
 
-    def close(self) -> None:
-        self.gallery.close()
+    def get_collection(self, name: str) -> CollectionRecord:
+        return self.gallery.get_collection(name)
+
+    def collection_names(self) -> list[str]:
+        """Collection names, from memory where the backend keeps them (no store query)."""
+        names = getattr(self.gallery, "collection_names", None)
+        return names() if names is not None else [c.name for c in self.gallery.list_collections()]
+
+    def index_size(self, name: str) -> int:
+        """Live vectors in the collection's index (from memory: no store query)."""
+        return int(self.gallery.index_size(name))
+
+    def collection_dataset(self, name: str, *, progress: Any = None, should_stop: Any = None) -> Any:
+        """The collection's faces as an :class:`embeddings.dataset.Dataset` (for analysis and audits)."""
+        from embeddings.dataset import Dataset
+
+        return Dataset.from_collection(self.gallery, name, progress=progress, should_stop=should_stop)
+
+    def snapshot(self) -> None:
+        """Write the index snapshots now (a no-op for backends whose vectors live elsewhere)."""
+        self.gallery.snapshot()
+
+    def close(self, *, snapshot: bool = True) -> None:
+        """Close the gallery; ``snapshot=False`` leaves the data directory exactly as it was."""
+        self.gallery.close(snapshot=snapshot)
+
+    def __enter__(self) -> FaceEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -10,7 +10,7 @@ import numpy as np
 
 from service.config import ServiceConfig
 
-__all__ = ["build_encoder", "build_engine", "build_pipeline"]
+__all__ = ["build_encoder", "build_engine", "build_pipeline", "open_engine"]
 
 log = logging.getLogger("latentface.model")
 
@@ -65,3 +65,12 @@ def build_engine(config: ServiceConfig, *, pipeline=None):
         config.gallery_for(getattr(pretrained, "default_threshold", None)), store=config.store, vectors=config.vectors
     )
     return FaceEngine(pipeline, gallery)
+
+
+def open_engine(config: ServiceConfig, *, background: bool = True):
+    """An engine over the configured gallery without a face pipeline (collections, subjects, deletes,
+    datasets, thresholds): CLI commands that need no encoder talk to the gallery through it."""
+    from embeddings.backends import open_gallery
+    from embeddings.engine import FaceEngine
+
+    return FaceEngine(None, open_gallery(config.gallery, store=config.store, vectors=config.vectors, background=background))

@@ -116,7 +116,7 @@ class LatentfaceServer:
             closers.append(("batcher", self.batcher.close))
         if self._owns_engine:
             closers.append(("gallery snapshot", self._snapshot))
-            closers.append(("gallery", self.engine.gallery.close))
+            closers.append(("gallery", self.engine.close))
         if self.metrics is not None:
             closers.append(("metrics", self.metrics.close))
         if self.keystore is not None:
@@ -124,7 +124,7 @@ class LatentfaceServer:
         return closers
 
     def _snapshot(self) -> None:
-        self.engine.gallery.snapshot()
+        self.engine.snapshot()
         log.info("gallery snapshot written")
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -209,17 +209,12 @@ def _faces_per_collection(engine: Any) -> Callable[[], dict[str, int]]:
     Not the store's COUNT(*)s: two per collection under the store's lock made every scrape wait for,
     and hold up, enrollments. A backend without in-memory names lists them once per scrape.
     """
-    gallery = engine.gallery
 
     def read() -> dict[str, int]:
-        if hasattr(gallery, "collection_names"):
-            names = gallery.collection_names()
-        else:
-            names = [c.name for c in engine.list_collections()]
         out = {}
-        for name in names:
+        for name in engine.collection_names():
             try:
-                out[name] = int(gallery.index_size(name))
+                out[name] = engine.index_size(name)
             except LookupError:  # deleted since the names were read
                 continue
         return out
@@ -310,7 +305,7 @@ def _create_server(config: ServiceConfig, *, engine: Any) -> tuple[LatentfaceSer
         if parts.get("side_pool") is not None:
             parts["side_pool"].shutdown(wait=False)
         if owns_engine:
-            engine.gallery.close()
+            engine.close()
         raise
     lf = LatentfaceServer(
         grpc_server=server,

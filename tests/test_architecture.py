@@ -31,6 +31,27 @@ def test_domain_never_imports_grpc_or_the_service():
     assert offenders == {}
 
 
+def _gallery_reaches(path: Path) -> list[int]:
+    """Lines where ``<something>.gallery`` is used as an attribute, or a gallery backend is opened."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    lines = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "gallery"]
+    lines += [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module in ("embeddings.gallery", "embeddings.backends", "embeddings.store")
+    ]
+    return sorted(lines)
+
+
+def test_servicers_and_cli_talk_to_face_engine_only():
+    """Servicers, the server and CLI commands reach the gallery (SQLite + FAISS, or PostgreSQL + Milvus)
+    through FaceEngine only; service/runtime.py is the one place that opens a backend."""
+    files = [*(ROOT / "service" / "servicers").glob("*.py"), *(ROOT / "service" / "commands").glob("*.py")]
+    files.append(ROOT / "service" / "server.py")
+    offenders = {str(p.relative_to(ROOT)): lines for p in files if (lines := _gallery_reaches(p))}
+    assert offenders == {}
+
+
 def test_servicers_never_import_torch_or_faiss():
     offenders = {
         str(p.relative_to(ROOT)): sorted(_imports(p) & {"torch", "faiss", "torchvision", "facenet_pytorch"})

@@ -67,15 +67,14 @@ def load_collection(config: Any, collection: str, *, progress: Any = None) -> tu
 
     No maintenance thread and no snapshot at close: reading a collection leaves the data dir as it was.
     """
-    from embeddings.dataset import Dataset
-    from embeddings.gallery import Gallery
+    from service.runtime import open_engine
 
-    gallery = Gallery.open(config.gallery, background=False)
+    engine = open_engine(config, background=False)
     try:
-        dataset = Dataset.from_collection(gallery, collection, progress=progress)
-        return dataset, gallery.get_collection(collection).threshold
+        dataset = engine.collection_dataset(collection, progress=progress)
+        return dataset, engine.get_collection(collection).threshold
     finally:
-        gallery.close(snapshot=False)
+        engine.close(snapshot=False)
 
 
 def run(args: argparse.Namespace, config: Any) -> int:

@@ -24,28 +24,28 @@ def _as_dict(obj):
 
 
 def run(args, config) -> int:
-    from embeddings.backends import open_gallery
     from embeddings.errors import InvalidInput
+    from service.runtime import open_engine
 
-    gallery = open_gallery(config.gallery, store=config.store, vectors=config.vectors)
+    engine = open_engine(config)
     try:
         name = args.collection
         if args.action == "create":
-            emit(_as_dict(gallery.create_collection(name, threshold=args.threshold)))
+            emit(_as_dict(engine.create_collection(name, threshold=args.threshold)))
         elif args.action == "list":
-            emit([_as_dict(c) for c in gallery.list_collections()])
+            emit([_as_dict(c) for c in engine.list_collections()])
         elif args.action == "stats":
-            emit(_as_dict(gallery.collection_stats(name)))
+            emit(_as_dict(engine.collection_stats(name)))
         elif args.action == "set-threshold":
             if args.threshold is None:
                 raise InvalidInput("set-threshold needs --threshold")
-            gallery.set_threshold(name, args.threshold)
-            emit(_as_dict(gallery.collection_stats(name)))
+            engine.set_threshold(name, args.threshold)
+            emit(_as_dict(engine.collection_stats(name)))
         elif args.action == "delete":
             if not args.yes:
                 raise InvalidInput(f"deleting collection {name!r} removes all its subjects and faces; add --yes")
-            gallery.delete_collection(name)
+            engine.delete_collection(name)
             emit({"deleted": name})
         return 0
     finally:
-        gallery.close()
+        engine.close()

@@ -134,9 +134,9 @@ def _metadata(text: str | None) -> dict[str, Any] | None:
 def _ensure_collection(engine, name: str) -> None:
     """The CLI creates a missing collection on first enrollment (the server API does not)."""
     try:
-        engine.gallery.collection_stats(name)
+        engine.collection_stats(name)
     except CollectionNotFound:
-        engine.gallery.create_collection(name)
+        engine.create_collection(name)
         print(f"latentface: created collection {name!r}", file=sys.stderr)
 
 
@@ -185,7 +185,7 @@ def run_enroll(args, config) -> int:
         _ensure_collection(engine, args.collection)
         return _enroll_all(engine.enroll, items, args, groups=groups, metadata=metadata)
     finally:
-        engine.gallery.close()
+        engine.close()
 
 
 def _enroll_all(enroll, items, args, *, groups, metadata) -> int:
@@ -240,7 +240,7 @@ def run_verify(args, config) -> int:
                 result = engine.verify_images(probe, _read(args.other), threshold=args.threshold)
             decision, face_a, face_b = result.decision, result.face_a, result.face_b
         finally:
-            engine.gallery.close()
+            engine.close()
     out = {"decision": _decision(decision), "face_a": _face(face_a)}
     if not args.subject:
         out["face_b"] = _face(face_b)
@@ -259,7 +259,7 @@ def run_identify(args, config) -> int:
         try:
             result = engine.identify(probe, args.collection, k=args.k, threshold=args.threshold)
         finally:
-            engine.gallery.close()
+            engine.close()
         candidates = [(c.subject_id, c.face_id, c.score, c.is_match) for c in result.candidates]
     emit(
         {
@@ -281,16 +281,13 @@ def run_delete(args, config) -> int:
             else:
                 client.delete_face(args.collection, args.face)
     else:
-        from embeddings.backends import open_gallery
+        from service.runtime import open_engine
 
-        gallery = open_gallery(config.gallery, store=config.store, vectors=config.vectors)
-        try:
+        with open_engine(config) as engine:
             if args.subject:
-                gallery.delete_subject(args.collection, args.subject)
+                engine.delete_subject(args.collection, args.subject)
             else:
-                gallery.delete_face(args.collection, _face_id(args.face))
-        finally:
-            gallery.close()
+                engine.delete_face(args.collection, _face_id(args.face))
     emit({"deleted": {"subject_id": args.subject} if args.subject else {"face_id": args.face}})
     return 0
 
@@ -323,16 +320,14 @@ def _scores_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
 
 
-def _collection_pairs(gallery, collection: str) -> tuple[np.ndarray, np.ndarray]:
+def _collection_pairs(engine, collection: str) -> tuple[np.ndarray, np.ndarray]:
     """All face pairs (i < j, row-major) of the collection: same subject = genuine, different = impostor.
 
     The scores are computed a block of rows at a time, so memory is the two outputs (9 bytes a
     pair) plus one block, never the pair-indexed copies of the vectors (2 x pairs x dim x 4 bytes:
     41 GB each at the pair cap with 512-d vectors).
     """
-    from embeddings.dataset import Dataset
-
-    dataset = Dataset.from_collection(gallery, collection)  # InvalidDataset when it has no faces
+    dataset = engine.collection_dataset(collection)  # InvalidDataset when it has no faces
     n = len(dataset.ids)
     pairs = n * (n - 1) // 2
     if pairs > _MAX_CALIBRATION_PAIRS:
@@ -354,16 +349,16 @@ def _collection_pairs(gallery, collection: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def run_calibrate(args, config) -> int:
-    from embeddings.backends import open_gallery
     from embeddings.match import calibrate
+    from service.runtime import open_engine
 
-    gallery = None
+    engine = None
     try:
         if args.scores:
             scores, labels = _scores_csv(args.scores)
         else:
-            gallery = open_gallery(config.gallery, store=config.store, vectors=config.vectors)
-            scores, labels = _collection_pairs(gallery, args.collection)
+            engine = open_engine(config)
+            scores, labels = _collection_pairs(engine, args.collection)
         result = calibrate(scores, labels, target_fmr=args.target_fmr)
         out = {
             "target_fmr": args.target_fmr,
@@ -374,11 +369,11 @@ def run_calibrate(args, config) -> int:
             "n_impostor": int(result.n_impostor),
         }
         if args.apply:
-            gallery = gallery or open_gallery(config.gallery, store=config.store, vectors=config.vectors)
-            gallery.set_threshold(args.collection, float(result.threshold))
+            engine = engine or open_engine(config)
+            engine.set_threshold(args.collection, float(result.threshold))
             out["applied_to"] = args.collection
         emit(out)
         return 0
     finally:
-        if gallery is not None:
-            gallery.close()
+        if engine is not None:
+            engine.close()

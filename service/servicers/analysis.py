@@ -95,7 +95,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         if kind == "collection":
             name = source.collection
             authorize(name, "admin")
-            self._engine.gallery.get_collection(name)  # CollectionNotFound → NOT_FOUND
+            self._engine.get_collection(name)  # CollectionNotFound → NOT_FOUND
             return {"collection": name}
         _authorize_server_files()
         if kind == "image_folder":
@@ -126,9 +126,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
                 progress=progress,
                 should_stop=should_stop,
             )
-        return ds.Dataset.from_collection(
-            self._engine.gallery, source["collection"], progress=progress, should_stop=should_stop
-        )
+        return self._engine.collection_dataset(source["collection"], progress=progress, should_stop=should_stop)
 
     def _scope_of(self, info: JobInfo) -> str | None:
         return info.params.get("dataset", {}).get("collection")
@@ -188,7 +186,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         threshold = request.threshold if point == "threshold" else None
         if point is None and "collection" in source:
             # A collection decides matches at its own threshold: audit what is deployed (as the CLI does).
-            threshold = self._engine.gallery.get_collection(source["collection"]).threshold
+            threshold = self._engine.get_collection(source["collection"]).threshold
         if not 0 < target_fmr < 1:
             raise InvalidInput("target_fmr must be in (0, 1)")
         if threshold is not None and not -1 <= threshold <= 1:

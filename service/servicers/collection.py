@@ -71,7 +71,7 @@ class CollectionServicer(collection_pb2_grpc.CollectionServiceServicer):
         if not -1.0 <= request.threshold <= 1.0:
             raise InvalidInput(f"threshold must be a cosine in [-1, 1], got {request.threshold}")
         self._engine.set_threshold(name, request.threshold)
-        return _collection_to_proto(self._engine.gallery.get_collection(name))
+        return _collection_to_proto(self._engine.get_collection(name))
 
     def Calibrate(
         self, request: collection_pb2.CalibrateRequest, context: grpc.ServicerContext
