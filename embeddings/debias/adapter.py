@@ -44,7 +44,8 @@ class DebiasAdapter:
     The optimiser is SGD with momentum and weight decay: a direction only rare samples need is
     learned at the rate those samples are drawn, which is what sampling weights change (Adam would
     rescale rare gradients up and hide the effect of the sampler). ``epochs`` count passes of N
-    draws, whatever the weights.
+    draws, whatever the weights. With more than ``max_classes`` identities each step scores the
+    batch's identities and a random sample of the others (Partial FC), about ``max_classes`` in all.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class DebiasAdapter:
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
+        max_classes: int = 4096,
         seed: int = 0,
     ) -> None:
         self.out_dim = out_dim
@@ -70,6 +72,7 @@ class DebiasAdapter:
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.max_classes = max_classes
         self.seed = seed
 
     def get_params(self) -> dict[str, Any]:
@@ -83,14 +86,15 @@ class DebiasAdapter:
             "lr": self.lr,
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
+            "max_classes": self.max_classes,
             "seed": self.seed,
         }
 
     def _check_params(self) -> None:
         if self.out_dim < 1 or (self.hidden_dim is not None and self.hidden_dim < 1):
             raise InvalidInput("out_dim and hidden_dim must be >= 1")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise InvalidInput("epochs must be >= 1 and batch_size >= 2")
+        if self.epochs < 1 or self.batch_size < 2 or self.max_classes < 2:
+            raise InvalidInput("epochs must be >= 1, batch_size >= 2 and max_classes >= 2")
         if not (self.scale > 0 and 0 <= self.margin < 1 and self.lr > 0 and self.weight_decay >= 0):
             raise InvalidInput("need scale > 0, 0 <= margin < 1, lr > 0 and weight_decay >= 0")
 
@@ -144,9 +148,18 @@ class DebiasAdapter:
                     raise Cancelled("training the adapter was cancelled")
                 idx = order[b * self.batch_size : (b + 1) * self.batch_size]
                 z = F.normalize(model(Xt[idx]), dim=1)
-                cos = z @ F.normalize(classes, dim=1).T
                 target = yt[idx]
-                logits = self.scale * (cos - self.margin * F.one_hot(target, len(names)))
+                if len(names) > self.max_classes:
+                    # Partial FC (An et al., 2021): the batch's identities and a random sample of the others,
+                    # so a step costs O(max_classes), not O(identities).
+                    negatives = torch.randint(len(names), (self.max_classes,), generator=gen)
+                    chosen = torch.unique(torch.cat([target, negatives]))
+                    cos = z @ F.normalize(classes[chosen], dim=1).T
+                    target = torch.searchsorted(chosen, target)
+                else:
+                    cos = z @ F.normalize(classes, dim=1).T
+                rows = torch.arange(len(idx))
+                logits = self.scale * cos.index_put((rows, target), cos[rows, target] - self.margin)
                 loss = F.cross_entropy(logits, target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
