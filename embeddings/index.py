@@ -5,8 +5,8 @@ handed out in increasing order by the store, so appends keep it sorted). That ta
 exact search while the collection is small (a BLAS matrix product: what ``IndexFlatIP``
 computes, without a second copy of the vectors) and the re-rank source once an ANN index
 (a FAISS factory string, ``IVF{nlist},SQ8`` by default: 1-byte codes, a quarter of the
-floats) answers the candidate search, so returned scores are always exact cosines of
-L2-normalised vectors and the floats are held once.
+floats) proposes candidates, so returned scores are always exact cosines of L2-normalised
+vectors and the floats are held once.
 
 Deletes flip a live bit in the table and call ``remove_ids`` on the ANN index; where the
 ANN index cannot remove (HNSW) the id stays there as a tombstone that the table filters out,
@@ -41,7 +41,7 @@ import numpy as np
 from embeddings.config import IndexConfig
 from embeddings.errors import InvalidInput, StorageError
 
-__all__ = ["IndexCopy", "VectorIndex", "nlist_for"]
+__all__ = ["IndexCopy", "VectorIndex", "nlist_for", "pq_for"]
 
 _MAGIC = b"LFIDX001"
 _ALIGN = 64
@@ -53,6 +53,12 @@ _TOMBSTONE_FRACTION = 0.2
 _EXACT_BLOCK = 1 << 24
 # Searches of at most this many queries run on ``IndexConfig.search_threads`` OpenMP threads.
 _SMALL_BATCH = 8
+
+
+def pq_for(dim: int) -> int:
+    """Product-quantizer sub-vectors for ``dim``: the largest divisor of ``dim`` up to dim / 8
+    (512 → 64, 128 → 16), so each 4-bit code stands for about 8 dimensions."""
+    return max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)
 
 
 def nlist_for(n: int) -> int:
@@ -291,7 +297,7 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ ANN plumbing
     def _new_ann(self, n: int) -> tuple[faiss.Index, str, bool]:
-        factory = self.config.ann_factory.format(nlist=nlist_for(n))
+        factory = self.config.ann_factory.format(nlist=nlist_for(n), pq=pq_for(self.dim))
         try:
             index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:

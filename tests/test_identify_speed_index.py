@@ -266,3 +266,24 @@ def test_new_stores_use_16k_pages_and_old_4k_ones_keep_working(tmp_path) -> None
         c = sqlite3.connect(path)
         assert c.execute("PRAGMA page_size").fetchone()[0] == page
         c.close()
+
+
+def test_pq_placeholder_follows_the_dimension_and_fast_scan_codes_answer_exactly(data) -> None:
+    from embeddings.index import pq_for
+
+    assert (pq_for(512), pq_for(128), pq_for(64), pq_for(3)) == (64, 16, 8, 1)
+    ids, vecs, q = data
+    index = VectorIndex(
+        DIM, IndexConfig(ann_threshold=1000, ann_factory="IVF{nlist},PQ{pq}x4fs", nprobe=4096, rerank_k=400)
+    )
+    index.add(ids, vecs)
+    index.build()
+    assert index.kind == "IVF64,PQ8x4fs"
+    index.remove(ids[:40])  # fast-scan lists can remove
+    scores, got = index.search(q, 3)
+    ref_s, ref_i = brute(ids[40:], vecs[40:], q, 3)
+    assert (got[:, 0] == ref_i[:, 0]).mean() >= 0.97  # 4 bytes a 64-d vector: coarse, hence the wide re-rank
+    lookup = dict(zip(ids.tolist(), range(len(ids)), strict=True))
+    exact = np.array([[vecs[lookup[i]] @ qq for i in row] for row, qq in zip(got, q, strict=True)])
+    np.testing.assert_allclose(scores, exact, atol=1e-5)
+    assert not np.isin(got, ids[:40]).any()

@@ -14,6 +14,7 @@ from embeddings.index import VectorIndex, nlist_for
 from embeddings.synthetic.gallery import identity_embeddings, noisy_faces
 
 DIM = 64
+FLAT_CODES = "IVF{nlist},Flat"  # exact codes: an exhaustive probe must then equal brute force with any re-rank width
 
 
 def brute(ids: np.ndarray, vecs: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +62,7 @@ def test_padding_when_fewer_than_k(data) -> None:
 def test_ann_exhaustive_probe_equals_brute_force(data) -> None:
     # nprobe >= nlist makes IVF exhaustive, so the result must be the exact one.
     ids, vecs, q = data
-    index = VectorIndex(DIM, IndexConfig(ann_threshold=1000, nprobe=4096, rerank_k=16))
+    index = VectorIndex(DIM, IndexConfig(ann_threshold=1000, ann_factory=FLAT_CODES, nprobe=4096, rerank_k=16))
     index.add(ids, vecs)
     assert index.needs_build()
     index.build()
