@@ -11,7 +11,7 @@ import pytest
 
 from embeddings.bench.debias import _null_within_cis, acceptance_figures, planted_run
 
-# One planted run trains two adapters and audits three models: 80 s alone, 250 s on a loaded 2-core box (measured).
+# One planted run trains two adapters and audits three models: 250 s on the loaded 2-core dev box (measured).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.usefixtures("one_torch_thread")]
 
 
