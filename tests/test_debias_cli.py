@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from embeddings.audit import AuditOptions, run_audit
-from embeddings.debias import load_adapter, split_identities
+from embeddings.debias import adapter_digest, load_adapter, split_identities
 from embeddings.errors import LatentfaceError
 from embeddings.synthetic.debias import make_debias_embeddings
 from service import cli
@@ -81,6 +81,8 @@ def test_cli_debias_from_embeddings_file(tmp_path: Path) -> None:
     for name in ("uniform", "weighted"):
         adapter = load_adapter(out / f"adapter_{name}.pt")
         assert adapter.in_dim_ == 48 and adapter.out_dim == 16
+        digest = adapter_digest(out / f"adapter_{name}.pt")
+        assert rep["adapters"][f"adapter_{name}.pt"]["model_id"] == f"unknown+adapter-{digest[:12]}"
     # a group column the labels lack is a usage error (exit 2), not a crash
     assert main([*args[:-2], "--group-by", "sex", "--out", str(out)]) == 2
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from embeddings.audit import AuditOptions, audit_arrays
 from embeddings.dataset import Dataset
-from embeddings.debias.adapter import DebiasAdapter
+from embeddings.debias.adapter import DebiasAdapter, adapter_digest
 from embeddings.errors import Cancelled, InvalidDataset, InvalidInput, StorageError
 
 __all__ = ["DEFAULT_WEIGHT_ALPHA", "MODELS", "DebiasResult", "run_debias", "split_identities"]
@@ -49,6 +49,12 @@ class DebiasResult:
             out.mkdir(parents=True, exist_ok=True)
             paths = {name: self.adapters[name].save(out / f"adapter_{name}.pt") for name in ("uniform", "weighted")}
             paths = {f"adapter_{k}.pt": v for k, v in paths.items()}
+            # The id a server gives the adapted model (AdaptedEncoder), so a collection can be traced to its file.
+            self.report["adapters"] = {
+                name: {"file": name, "sha256": (d := adapter_digest(path)),
+                       "model_id": f"{self.report.get('model_id') or 'unknown'}+adapter-{d[:12]}"}
+                for name, path in paths.items()
+            }  # fmt: skip
             paths["report.json"] = out / "report.json"
             paths["report.json"].write_text(self.to_json() + "\n", encoding="utf-8")
             paths["report.html"] = out / "report.html"
