@@ -56,9 +56,10 @@ _SMALL_BATCH = 8
 
 
 def pq_for(dim: int) -> int:
-    """Product-quantizer sub-vectors for ``dim``: the largest divisor of ``dim`` up to dim / 8
-    (512 → 64, 128 → 16), so each 4-bit code stands for about 8 dimensions."""
-    return max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)
+    """Product-quantizer sub-vectors for ``dim``: the largest divisor of ``dim`` up to
+    max(dim / 8, 32) (512 → 64, 128 → 32, 64 → 32): a 4-bit code per ~8 dimensions, and never
+    fewer than 32 codes (16 bytes) a vector, so small dimensions keep enough detail."""
+    return max(m for m in range(1, min(dim, max(dim // 8, 32)) + 1) if dim % m == 0)
 
 
 def nlist_for(n: int) -> int:
@@ -303,8 +304,10 @@ class VectorIndex:
         except RuntimeError as exc:
             raise InvalidInput(f"bad index factory string {factory!r}: {exc}") from exc
         if self._tune(index):
-            faiss.extract_index_ivf(index).cp.niter = self.config.train_iterations
-            return index, factory, True
+            ivf = faiss.extract_index_ivf(index)
+            ivf.cp.niter = self.config.train_iterations
+            # FAISS 1.15 fast-scan lists lose vectors added after a remove_ids (measured): tombstones.
+            return index, factory, not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan)
         # Indexes without ids of their own (HNSW, flat codes) get an id map; they may not remove.
         return faiss.IndexIDMap2(index), factory, False
 

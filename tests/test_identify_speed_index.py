@@ -18,7 +18,7 @@ from embeddings.match import identify
 from embeddings.synthetic.gallery import identity_embeddings, noisy_faces
 
 DIM = 64
-FACTORIES = ["IVF{nlist},SQ8", "IVF{nlist}_HNSW16,SQ8"]
+FACTORIES = ["IVF{nlist},PQ{pq}x4fs", "IVF{nlist},SQ8", "IVF{nlist}_HNSW16,SQ8"]
 
 
 def brute(ids: np.ndarray, vecs: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,16 +34,19 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.arange(100, 4100, dtype=np.int64), vecs, queries
 
 
-def test_default_index_keeps_one_byte_codes_not_a_second_float_copy(data) -> None:
+def test_fast_scan_codes_are_small_and_not_a_second_float_copy(data) -> None:
+    from embeddings.index import pq_for
+
     ids, vecs, _ = data
-    index = VectorIndex(DIM, IndexConfig(ann_threshold=1000))
+    index = VectorIndex(DIM, IndexConfig(ann_threshold=1000, ann_factory="IVF{nlist},PQ{pq}x4fs"))
     index.add(ids, vecs)
     index.build()
-    assert index.kind.endswith(",SQ8")
+    assert index.kind == f"IVF64,PQ{pq_for(DIM)}x4fs"
     ann_bytes = faiss.serialize_index(index._ann).nbytes
-    codes = len(ids) * DIM  # one byte a dimension
-    assert codes <= ann_bytes < codes + 8 * len(ids) + 4 * DIM * 64 * 3  # + ids, centroids, trainer state
-    assert ann_bytes < 0.5 * vecs.nbytes
+    codes = len(ids) * pq_for(DIM) // 2  # 4 bits a sub-vector
+    centroids = 4 * DIM * (64 + 16 * pq_for(DIM))  # coarse centroids and PQ codebooks
+    assert codes <= ann_bytes < codes + 8 * len(ids) + centroids + 64 * 32 * pq_for(DIM)  # + ids, block padding
+    assert ann_bytes < 0.35 * vecs.nbytes
 
 
 @pytest.mark.parametrize("factory", FACTORIES)
@@ -271,18 +274,23 @@ def test_new_stores_use_16k_pages_and_old_4k_ones_keep_working(tmp_path) -> None
 def test_pq_placeholder_follows_the_dimension_and_fast_scan_codes_answer_exactly(data) -> None:
     from embeddings.index import pq_for
 
-    assert (pq_for(512), pq_for(128), pq_for(64), pq_for(3)) == (64, 16, 8, 1)
+    assert (pq_for(512), pq_for(128), pq_for(64), pq_for(100), pq_for(3)) == (64, 32, 32, 25, 3)
     ids, vecs, q = data
     index = VectorIndex(
         DIM, IndexConfig(ann_threshold=1000, ann_factory="IVF{nlist},PQ{pq}x4fs", nprobe=4096, rerank_k=400)
     )
     index.add(ids, vecs)
     index.build()
-    assert index.kind == "IVF64,PQ8x4fs"
-    index.remove(ids[:40])  # fast-scan lists can remove
+    assert index.kind == "IVF64,PQ32x4fs"
+    index.remove(ids[:40])  # tombstones: FAISS fast-scan lists lose vectors added after a remove
+    index.add(np.array([9000]), q[:1])
+    assert index._ann_tombstones == 40
+    s1, got1 = index.search(q[:1], 1)
+    assert got1[0, 0] == 9000 and s1[0, 0] == pytest.approx(1.0, abs=1e-5)
+    index.remove(np.array([9000]))
     scores, got = index.search(q, 3)
     ref_s, ref_i = brute(ids[40:], vecs[40:], q, 3)
-    assert (got[:, 0] == ref_i[:, 0]).mean() >= 0.97  # 4 bytes a 64-d vector: coarse, hence the wide re-rank
+    assert (got[:, 0] == ref_i[:, 0]).mean() >= 0.97
     lookup = dict(zip(ids.tolist(), range(len(ids)), strict=True))
     exact = np.array([[vecs[lookup[i]] @ qq for i in row] for row, qq in zip(got, q, strict=True)])
     np.testing.assert_allclose(scores, exact, atol=1e-5)
