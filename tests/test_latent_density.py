@@ -208,7 +208,7 @@ def test_not_fitted_and_bad_input(method: str) -> None:
     with pytest.raises(InvalidInput):
         est.fit(np.array([[np.nan, 1.0], [0.0, 1.0]]))
     with pytest.raises(InvalidInput):
-        make_estimator("kde")
+        make_estimator("parzen")
 
 
 def test_alpha_interpolates_between_latent_uniform_and_data_uniform() -> None:
