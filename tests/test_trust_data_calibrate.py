@@ -7,6 +7,7 @@ import tracemalloc
 import numpy as np
 
 from embeddings.config import GalleryConfig
+from embeddings.engine import FaceEngine
 from embeddings.gallery import Gallery
 from embeddings.match import calibrate
 from service.commands.gallery import _collection_pairs
@@ -23,7 +24,7 @@ def test_collection_pairs_equal_brute_force_in_bounded_memory(tmp_path) -> None:
         g.bulk_enroll("c", [f"id{w:03d}" for w in who], vecs, model_id="m")
         tracemalloc.start()
         try:
-            scores, genuine = _collection_pairs(g, "c")
+            scores, genuine = _collection_pairs(FaceEngine(None, g), "c")
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

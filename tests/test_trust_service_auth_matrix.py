@@ -178,6 +178,10 @@ RPCS: dict[str, tuple[str, str | None, Call, Callable[[Any, World, str], bool]]]
         lambda c, w, cell: c.start_audit(collection="ma", group_by=["g"], target_fmr=0.1),
         lambda r, w, cell: bool(r.id),
     ),
+    "AnalysisService/StartDebias": (
+        "admin", "ma", lambda c, w, cell: c.start_debias(collection="ma", group_by=["g"], epochs=1),
+        lambda r, w, cell: bool(r.id),
+    ),
     "AnalysisService/GetJob": ("read", "ma", lambda c, w, cell: c.get_job(w.job_id), lambda r, w, cell: r.id == w.job_id),
     "AnalysisService/WatchJob": (
         "read", "ma",
