@@ -27,8 +27,6 @@ background thread, off the request path.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -66,7 +64,6 @@ __all__ = ["CollectionStats", "EnrollResult", "Gallery", "SearchHit", "SubjectRe
 
 log = logging.getLogger(__name__)
 
-_MAX_PAGE = 1000
 _SNAPSHOT_SUFFIX = ".lfidx"
 _INCARNATION = re.compile(r"[0-9a-f]{1,64}")
 
@@ -568,20 +565,8 @@ class Gallery:
     ) -> tuple[list[SubjectRecord], str | None]:
         """One page of subjects ordered by id, and the token of the next page (None at the end)."""
         self._state(collection)
-        if not 1 <= page_size <= _MAX_PAGE:
-            raise InvalidInput(f"page_size must be in [1, {_MAX_PAGE}]")
-        after = None
-        if page_token:
-            try:
-                after = base64.b64decode(page_token.encode(), altchars=b"-_", validate=True).decode()
-            except (binascii.Error, UnicodeError, ValueError) as exc:
-                raise InvalidInput("invalid page token") from exc
-        rows = self._store.list_subjects(collection, after=after, limit=page_size + 1)
-        page = rows[:page_size]
-        token = None
-        if len(rows) > page_size:
-            token = base64.urlsafe_b64encode(page[-1].subject_id.encode()).decode()
-        return page, token
+        after = names.page_after(page_token, page_size)
+        return names.page_of(self._store.list_subjects(collection, after=after, limit=page_size + 1), page_size)
 
     def delete_subject(self, collection: str, subject_id: str) -> list[int]:
         """Delete a subject and every face of it (store and index); returns the removed face ids."""

@@ -20,24 +20,32 @@ unknown face: :func:`face_id` returns None for it and callers answer NOT_FOUND.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import numbers
 import re
 import unicodedata
+from collections.abc import Sequence
+from typing import Any
 
 from embeddings.errors import InvalidInput
 
 __all__ = [
     "MAX_COLLECTION",
+    "MAX_PAGE",
     "MAX_REQUEST_ID",
     "MAX_SUBJECT_ID",
     "check_collection",
     "check_request_id",
     "check_subject_id",
     "face_id",
+    "page_after",
+    "page_of",
     "shown",
 ]
 
 MAX_COLLECTION = 64
+MAX_PAGE = 1000
 MAX_SUBJECT_ID = 128
 MAX_REQUEST_ID = 128
 _SHOWN = 40
@@ -116,3 +124,27 @@ def face_id(value: object) -> int | None:
     if n < 0:
         raise InvalidInput("face_id must be a non-negative integer")
     return n if 1 <= n <= _MAX_FACE_ID else None
+
+
+def page_after(page_token: str | None, page_size: int) -> str | None:
+    """The subject id a listing page starts after (None: the first page), checking ``page_size``.
+
+    Page tokens are the URL-safe base64 of the last subject id of the previous page, the same for
+    every gallery backend; a malformed token is InvalidInput.
+    """
+    if not 1 <= page_size <= MAX_PAGE:
+        raise InvalidInput(f"page_size must be in [1, {MAX_PAGE}]")
+    if not page_token:
+        return None
+    try:
+        return base64.b64decode(page_token.encode(), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeError, ValueError) as exc:
+        raise InvalidInput("invalid page token") from exc
+
+
+def page_of(rows: Sequence[Any], page_size: int) -> tuple[list[Any], str | None]:
+    """A page from ``page_size + 1`` rows read after the token, and the next page's token (None at the end)."""
+    page = list(rows[:page_size])
+    if len(rows) <= page_size:
+        return page, None
+    return page, base64.urlsafe_b64encode(page[-1].subject_id.encode()).decode()

@@ -19,8 +19,6 @@ Consistency model (what the replica tests check):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -42,8 +40,6 @@ from embeddings.store import CollectionRecord, EnrollResult, SubjectRecord
 __all__ = ["PgMilvusGallery"]
 
 log = logging.getLogger(__name__)
-
-_MAX_PAGE = 1000
 
 
 def _request_hash(subject_id: str, model_id: str, display_name: str | None, metadata: Any, groups: Any, digest: str) -> str:
@@ -313,18 +309,8 @@ class PgMilvusGallery:
     ) -> tuple[list[SubjectRecord], str | None]:
         """One page of subjects ordered by id, and the token of the next page (None at the end)."""
         names.check_collection(collection)
-        if not 1 <= page_size <= _MAX_PAGE:
-            raise InvalidInput(f"page_size must be in [1, {_MAX_PAGE}]")
-        after = None
-        if page_token:
-            try:
-                after = base64.b64decode(page_token.encode(), altchars=b"-_", validate=True).decode()
-            except (binascii.Error, UnicodeError, ValueError) as exc:
-                raise InvalidInput("invalid page token") from exc
-        rows = self.store.list_subjects(collection, after=after, limit=page_size + 1)
-        page = rows[:page_size]
-        token = base64.urlsafe_b64encode(page[-1].subject_id.encode()).decode() if len(rows) > page_size else None
-        return page, token
+        after = names.page_after(page_token, page_size)
+        return names.page_of(self.store.list_subjects(collection, after=after, limit=page_size + 1), page_size)
 
     def delete_subject(self, collection: str, subject_id: str) -> list[int]:
         """Delete a subject and every face of it; returns the removed face ids."""
