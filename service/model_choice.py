@@ -25,7 +25,7 @@ from pathlib import Path
 from embeddings.config import AUTO_WEIGHTS, EncoderConfig
 from embeddings.errors import InvalidInput, StorageError, WeightsUnavailable
 
-__all__ = ["MODEL_FILE", "choose_weights", "read_recorded", "record_choice"]
+__all__ = ["MODEL_FILE", "ModelChoice", "choose_weights", "read_recorded", "record_choice"]
 
 MODEL_FILE = "model.json"
 log = logging.getLogger("latentface.model")
@@ -89,9 +89,18 @@ def _best_available(encoder: EncoderConfig, allow_download: bool) -> tuple[str, 
     return "dlib-resnet", f"vggface2 is unavailable ({why_not_vgg}) and dlib-resnet is installed"
 
 
-def choose_weights(data_dir: Path, encoder: EncoderConfig, *, allow_download: bool) -> tuple[str, str]:
-    """(weights, reason): the model ``data_dir`` uses, choosing it on first use (not recorded here:
-    :func:`record_choice` once the encoder is built, so a failed start records nothing)."""
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    """The weights a data directory uses, why, and whether that is already recorded there."""
+
+    weights: str
+    reason: str
+    recorded: bool
+
+
+def choose_weights(data_dir: Path, encoder: EncoderConfig, *, allow_download: bool) -> ModelChoice:
+    """The model ``data_dir`` uses, choosing it on first use (not recorded here: :func:`record_choice`
+    once the encoder is built, so a failed start records nothing)."""
     recorded = read_recorded(data_dir)
     requested = encoder.weights
     if recorded is not None:
@@ -102,7 +111,7 @@ def choose_weights(data_dir: Path, encoder: EncoderConfig, *, allow_download: bo
                 f"it cannot serve {requested[:80]!r}. Start without --weights (or with --weights {weights}), "
                 "or use another --data-dir for the other model."
             )
-        return weights, f"recorded in {Path(data_dir) / MODEL_FILE}"
+        return ModelChoice(weights, f"recorded in {Path(data_dir) / MODEL_FILE}", recorded=True)
     if requested != AUTO_WEIGHTS:
-        return requested, "chosen explicitly"
-    return _best_available(encoder, allow_download)
+        return ModelChoice(requested, "chosen explicitly", recorded=False)
+    return ModelChoice(*_best_available(encoder, allow_download), recorded=False)

@@ -19,15 +19,15 @@ def build_encoder(config: ServiceConfig):
     """The encoder of the data directory's model (chosen and recorded on first use, see
     service/model_choice.py). Raises WeightsUnavailable with the remedy when it is missing."""
     from embeddings.encode import create_encoder
-    from service.model_choice import choose_weights, read_recorded, record_choice
+    from service.model_choice import choose_weights, record_choice
 
-    weights, reason = choose_weights(config.data_dir, config.encoder, allow_download=config.allow_download)
-    encoder_config = dataclasses.replace(config.encoder, weights=weights)
+    choice = choose_weights(config.data_dir, config.encoder, allow_download=config.allow_download)
+    encoder_config = dataclasses.replace(config.encoder, weights=choice.weights)
     encoder = create_encoder(encoder_config, allow_download=config.allow_download)
-    if read_recorded(config.data_dir) is None:
-        record_choice(config.data_dir, weights, encoder.model_id, reason)
+    if not choice.recorded:
+        record_choice(config.data_dir, choice.weights, encoder.model_id, choice.reason)
         log.warning("model for data directory %s: %s (%s); recorded, later starts use it", config.data_dir,
-                    weights, reason)
+                    choice.weights, choice.reason)
     if getattr(encoder, "is_random", False):
         log.warning("encoder weights are RANDOM (%s): results are meaningless for recognition", encoder.model_id)
     if config.encoder.adapter is not None:  # after the record: the data dir remembers its weights, not the adapter

@@ -35,7 +35,8 @@ def test_first_start_offline_takes_dlib_resnet_and_records_it(tmp_path: Path) ->
     assert "vggface2 is unavailable" in record["reason"]
     assert (config.data_dir / MODEL_FILE).stat().st_mode & 0o777 == 0o600
     # A later start without --weights uses the record; an explicit other model is refused.
-    assert choose_weights(config.data_dir, config.encoder, allow_download=False)[0] == "dlib-resnet"
+    again = choose_weights(config.data_dir, config.encoder, allow_download=False)
+    assert (again.weights, again.recorded) == ("dlib-resnet", True)
     with pytest.raises(InvalidInput, match="holds vectors of model 'dlib-resnet'"):
         build_encoder(_config(tmp_path / "data", tmp_path / "empty-torch-home", weights="random"))
     assert read_recorded(config.data_dir)["weights"] == "dlib-resnet"
@@ -45,8 +46,8 @@ def test_cached_vggface2_is_preferred(tmp_path: Path) -> None:
     home = tmp_path / "th"
     (home / "checkpoints").mkdir(parents=True)
     torch.save({"w": torch.zeros(1)}, home / "checkpoints" / PRETRAINED["vggface2"].file_name)
-    weights, reason = choose_weights(tmp_path / "data", EncoderConfig(torch_home=home), allow_download=False)
-    assert (weights, "torch cache" in reason) == ("vggface2", True)
+    choice = choose_weights(tmp_path / "data", EncoderConfig(torch_home=home), allow_download=False)
+    assert (choice.weights, "torch cache" in choice.reason, choice.recorded) == ("vggface2", True, False)
 
 
 def test_a_recorded_model_that_is_gone_fails_with_the_remedy(tmp_path: Path) -> None:
