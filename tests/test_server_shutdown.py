@@ -83,7 +83,7 @@ def test_sigterm_during_enroll_stream_keeps_everything_acknowledged(tmp_path: Pa
         def items():
             for i in range(100_000):
                 v = rng.normal(size=512).astype(np.float32)
-                if i == 20:
+                if i == 40:  # 20 items (0.2 s) of slack over the 20 asserted below
                     sent.set()
                 yield {"collection": "bulk", "subject_id": f"s{i:05d}", "embeddings": [(v / np.linalg.norm(v), model_id)]}
                 time.sleep(0.01)

@@ -469,17 +469,30 @@ def test_verify_against_a_subject_deleted_meanwhile_is_not_found_never_no_match(
 # ---------------------------------------------------------------------------------------- item 6
 
 
-def test_a_snapshot_write_does_not_block_searches_or_enrolls(tmp_path, rng) -> None:
-    """The copy is taken under the lock, the (long) write and fsync outside it: a search and an enroll
-    started once the temp file exists finish before the snapshot is renamed into place."""
-    n, dim = 100_000, 384  # a 150 MB snapshot: its write + fsync takes long enough to overlap
+def test_a_snapshot_write_does_not_block_searches_or_enrolls(tmp_path, rng, monkeypatch) -> None:
+    """The copy is taken under the lock, the write and fsync outside it: a search and an enroll made
+    while the snapshot's temp file is written finish before the snapshot is renamed into place.
+
+    The rename is held back (up to 20 s) until they are done, so the overlap does not depend on how
+    fast this disk writes; if the lock were held across the write they would wait the 20 s out and
+    find the snapshot already in place."""
+    n, dim = 20_000, 128
     cfg = config(tmp_path)
+    released = threading.Event()
+    real_replace = os.replace
+
+    def held_rename(src, dst, *args, **kwargs):
+        if ".lfidx.tmp-" in str(src):
+            released.wait(20)
+        return real_replace(src, dst, *args, **kwargs)
+
     g = Gallery.open(cfg, background=False)
     try:
         g.create_collection("c")
         g.bulk_enroll("c", [f"s{i % 1000}" for i in range(n)], unit(rng, n, dim), model_id="m", maintain=False)
         index_dir = tmp_path / "index"
         final = index_dir / f"{g.get_collection('c').incarnation}.lfidx"
+        monkeypatch.setattr(os, "replace", held_rename)
         t = threading.Thread(target=g.snapshot, args=("c",))
         t.start()
         while not any(".tmp-" in p.name for p in index_dir.iterdir()):
@@ -488,11 +501,14 @@ def test_a_snapshot_write_does_not_block_searches_or_enrolls(tmp_path, rng) -> N
         g.search("c", q, 5)
         res = g.enroll("c", "late", q, model_id="m")
         done_during_write = not final.exists()
+        released.set()
         t.join()
+        monkeypatch.undo()
         assert final.exists()  # the path watched above is the snapshot's
         assert done_during_write, "search + enroll waited for the snapshot's write"
         assert hit_ids(g, "c", q, 1) == [[res.face_ids[0]]]
     finally:
+        released.set()
         g.close(snapshot=False)
     # The snapshot holds what was there at its copy; the enroll made during the write is replayed.
     with Gallery.open(cfg, background=False) as g:
