@@ -35,6 +35,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "LabelTable",
     "embed_image_folder",
+    "label_columns",
     "load_embeddings",
     "load_labels",
 ]
@@ -201,6 +202,21 @@ class LabelTable:
     ids: np.ndarray
     identities: np.ndarray | None
     groups: dict[str, np.ndarray]
+
+
+def label_columns(path: str | Path) -> list[str]:
+    """The column names of a labels CSV, read from its header only (a cheap check before a long job)."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), None)
+    except OSError as exc:
+        raise InvalidDataset(f"{path}: cannot read labels file: {exc}") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidDataset(f"{path}: not a UTF-8 CSV file: {exc}") from exc
+    if header is None:
+        raise InvalidDataset(f"{path}: empty labels file (expected a header with an 'id' column)")
+    return [h.strip() for h in header]
 
 
 def load_labels(path: str | Path) -> LabelTable:

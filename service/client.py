@@ -541,12 +541,16 @@ class Client:
         latent_dim: int | None = None,
         n_vaes: int | None = None,
         max_weight_ratio: float | None = None,
+        min_ess: float | None = None,
+        identity_aware: bool | None = None,
         seed: int = 0,
     ) -> Job:
         """Start a latent-density analysis of a dataset on the server (paths are server paths).
 
         ``max_weight_ratio=0`` turns clipping off; with ``alpha=0`` and ``n_vaes=3`` that is the strongest
-        rebalancing."""
+        rebalancing. ``min_ess`` is the floor on the weights' effective sample size as a share of N
+        (``None`` = the server's 0.2, ``0`` = no floor). ``identity_aware=True`` gives one weight per
+        identity, shared by its faces (needs identity labels). ``None`` leaves a field to the server."""
         request = analysis_pb2.StartAnalysisRequest(
             dataset=_dataset(image_folder=image_folder, embeddings=embeddings, collection=collection),
             method=method,
@@ -560,6 +564,10 @@ class Client:
             request.n_vaes = n_vaes
         if max_weight_ratio is not None:
             request.max_weight_ratio = max_weight_ratio
+        if min_ess is not None:
+            request.min_ess = min_ess
+        if identity_aware is not None:
+            request.identity_aware = identity_aware
         return _job(self._analysis.StartAnalysis(request, **self._kw()))
 
     @_translating

@@ -220,3 +220,81 @@ def test_analysis_and_audit_of_a_collection(admin, server):
     assert (report["threshold"], report["threshold_source"]) == (0.31, "given")  # the collection's own
     assert set(report["groups"]) == {"majority", "minority"}
     assert sum(g["n_identities"] for g in report["groups"].values()) == len(set(ds.identities.tolist()))
+
+
+@pytest.fixture(scope="module")
+def identities_file(tmp_path_factory):
+    """100 embeddings of 25 identities (4 faces each), with and without the labels' identity column."""
+    d = tmp_path_factory.mktemp("identities")
+    ds = make_group_embeddings(
+        n=100, images_per_identity=4, shares={"majority": 0.8, "minority": 0.2}, seed=3
+    )
+    np.save(d / "emb.npy", ds.vectors)
+    for name, with_identity in (("labels.csv", True), ("no_identity.csv", False)):
+        with open(d / name, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "identity", "group"] if with_identity else ["id", "group"])
+            for i, identity, group in zip(ds.ids, ds.identities, ds.groups["group"], strict=True):
+                w.writerow([i, identity, group] if with_identity else [i, group])
+    return str(d / "emb.npy"), str(d / "labels.csv"), str(d / "no_identity.csv"), ds
+
+
+def _jobs_on_server(server) -> tuple[list[str], list[str]]:
+    """Every job record, and every job folder on disk."""
+    records = sorted(j.id for j in server.jobs.list(limit=10_000))
+    return records, sorted(p.name for p in server.jobs.jobs_dir.iterdir())
+
+
+def test_identity_aware_with_an_ess_floor(admin, identities_file, server):
+    npy, labels, _no_identity, ds = identities_file
+    job = admin.start_analysis(
+        embeddings=(npy, labels), latent_dim=4, identity_aware=True, min_ess=0.9, seed=0
+    )
+    recorded = server.jobs.get(job.id).params
+    assert (recorded["identity_aware"], recorded["min_ess"]) == (True, 0.9)
+    final = list(admin.watch_job(job.id, timeout=240))[-1]
+    assert final.state == "DONE", final.error
+    summary = json.loads(admin.get_report(job.id, "summary.json").data)
+    assert summary["params"]["identity_aware"] is True
+    assert (summary["params"]["min_ess"], summary["params"]["identities"]) == (0.9, 25)
+    # The 0.9 floor binds at the default α = 0, so it raised α.
+    assert summary["params"]["alpha_effective"] > summary["params"]["alpha"] == 0.0
+
+    rows = list(csv.DictReader(admin.get_report(job.id, "weights.csv").data.decode().splitlines()))
+    weight = {r["id"]: float(r["weight"]) for r in rows}
+    per_identity: dict[str, list[float]] = {}
+    for i, identity in zip(ds.ids.tolist(), ds.identities.tolist(), strict=True):
+        per_identity.setdefault(identity, []).append(weight[i])
+    assert len(per_identity) == 25
+    for faces in per_identity.values():  # one weight per identity, shared equally by its 4 faces
+        assert len(faces) == 4 and max(faces) - min(faces) <= 1e-12 * max(faces)
+    mass = np.array([sum(faces) for faces in per_identity.values()])
+    assert len({round(m, 12) for m in mass}) > 1  # identities still differ
+    assert mass.sum() ** 2 / (mass**2).sum() >= 0.9 * 25 * (1 - 1e-3)  # the ESS floor counts identities
+
+
+def test_min_ess_zero_turns_the_floor_off_and_absent_is_the_default(admin, identities_file, server):
+    npy, labels, _no_identity, _ds = identities_file
+    off = admin.start_analysis(embeddings=(npy, labels), latent_dim=2, min_ess=0, seed=0)
+    default = admin.start_analysis(embeddings=(npy, labels), latent_dim=2, seed=0)
+    for job in (off, default):
+        admin.cancel_job(job.id)
+    off_params, default_params = server.jobs.get(off.id).params, server.jobs.get(default.id).params
+    assert (off_params["min_ess"], off_params["identity_aware"]) == (None, False)
+    assert (default_params["min_ess"], default_params["identity_aware"]) == (0.2, False)
+
+
+def test_bad_min_ess_and_identity_aware_without_identities_write_nothing(admin, identities_file, server):
+    npy, labels, no_identity, _ds = identities_file
+    before = _jobs_on_server(server)
+    for bad in (-0.1, 1.0, 1.5, float("nan")):
+        with pytest.raises(errors.InvalidInput, match=r"min_ess must be a share of N in \[0, 1\)"):
+            admin.start_analysis(embeddings=(npy, labels), min_ess=bad)
+    no_column = "identity_aware needs identity labels.*no 'identity' column"
+    with pytest.raises(errors.InvalidInput, match=no_column):
+        admin.start_analysis(embeddings=(npy, no_identity), identity_aware=True)
+    assert _jobs_on_server(server) == before
+    # The same file is fine when identities are not asked for.
+    job = admin.start_analysis(embeddings=(npy, no_identity), identity_aware=False, latent_dim=2)
+    admin.cancel_job(job.id)
+    assert server.jobs.get(job.id).params["identity_aware"] is False

@@ -77,6 +77,17 @@ def _authorize_server_files() -> None:
         raise PermissionDenied("jobs over server files need an admin key for all collections")
 
 
+def _require_identities(source: dict[str, Any]) -> None:
+    """Identity-aware weighting needs identities: an image folder (its sub-folders) and a collection
+    (its subjects) always have them; an embeddings file needs an ``identity`` column."""
+    from embeddings.dataset import label_columns
+
+    if "labels_path" in source and "identity" not in label_columns(source["labels_path"]):
+        raise InvalidInput(
+            f"identity_aware needs identity labels, and {source['labels_path']!r} has no 'identity' column"
+        )
+
+
 class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
     """Implements ``latentface.v1.AnalysisService`` over a :class:`JobManager` and a FaceEngine."""
 
@@ -142,7 +153,13 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
 
     # --- RPCs ----------------------------------------------------------------------------------------
     def StartAnalysis(self, request: analysis_pb2.StartAnalysisRequest, context: grpc.ServicerContext) -> analysis_pb2.Job:
-        from embeddings.latent import DEFAULT_ALPHA, DEFAULT_METHOD, MAX_VAES, run_analysis
+        from embeddings.latent import (
+            DEFAULT_ALPHA,
+            DEFAULT_METHOD,
+            DEFAULT_MIN_ESS,
+            MAX_VAES,
+            run_analysis,
+        )
 
         source = self._dataset_source(request.dataset)
         method = request.method or DEFAULT_METHOD
@@ -161,6 +178,13 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         if not (max_weight_ratio == 0 or max_weight_ratio >= 1):
             raise InvalidInput("max_weight_ratio must be 0 (no cap) or >= 1")
         max_weight_ratio = None if max_weight_ratio == 0 else max_weight_ratio
+        min_ess = request.min_ess if request.HasField("min_ess") else DEFAULT_MIN_ESS
+        if not 0 <= min_ess < 1:
+            raise InvalidInput(f"min_ess must be a share of N in [0, 1) (0 = no floor), got {min_ess:g}")
+        min_ess = min_ess or None  # 0 turns the floor off, as in the CLI
+        identity_aware = request.identity_aware
+        if identity_aware:
+            _require_identities(source)
         # One set of options: recorded with the job and passed to the run.
         options = {
             "method": method,
@@ -168,6 +192,8 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             "latent_dim": latent_dim,
             "n_vaes": n_vaes,
             "max_weight_ratio": max_weight_ratio,
+            "min_ess": min_ess,
+            "identity_aware": identity_aware,
             "seed": request.seed,
         }
 

@@ -44,7 +44,7 @@ class DatasetSource(_message.Message):
     def __init__(self, image_folder: _Optional[str] = ..., embeddings: _Optional[_Union[EmbeddingsFile, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class StartAnalysisRequest(_message.Message):
-    __slots__ = ("dataset", "method", "alpha", "latent_dim", "seed", "n_vaes", "max_weight_ratio")
+    __slots__ = ("dataset", "method", "alpha", "latent_dim", "seed", "n_vaes", "max_weight_ratio", "min_ess", "identity_aware")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,8 @@ class StartAnalysisRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     N_VAES_FIELD_NUMBER: _ClassVar[int]
     MAX_WEIGHT_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MIN_ESS_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_AWARE_FIELD_NUMBER: _ClassVar[int]
     dataset: DatasetSource
     method: str
     alpha: float
@@ -59,7 +61,9 @@ class StartAnalysisRequest(_message.Message):
     seed: int
     n_vaes: int
     max_weight_ratio: float
-    def __init__(self, dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., method: _Optional[str] = ..., alpha: _Optional[float] = ..., latent_dim: _Optional[int] = ..., seed: _Optional[int] = ..., n_vaes: _Optional[int] = ..., max_weight_ratio: _Optional[float] = ...) -> None: ...
+    min_ess: float
+    identity_aware: bool
+    def __init__(self, dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., method: _Optional[str] = ..., alpha: _Optional[float] = ..., latent_dim: _Optional[int] = ..., seed: _Optional[int] = ..., n_vaes: _Optional[int] = ..., max_weight_ratio: _Optional[float] = ..., min_ess: _Optional[float] = ..., identity_aware: _Optional[bool] = ...) -> None: ...
 
 class StartDebiasRequest(_message.Message):
     __slots__ = ("dataset", "group_by", "target_fmr", "eval_fraction", "out_dim", "hidden_dim", "epochs", "method", "seed")
