@@ -94,6 +94,9 @@ def test_analysis_then_audit_end_to_end(admin, embeddings_file, server):
     assert "group" in json.dumps(json.loads(report.data))
     html = admin.get_report(audit.id, "report.html")
     assert html.content_type.startswith("text/html") and b"<html" in html.data.lower()
+    # The analysis' most under-represented cluster is explained on the page: its best-aligned group value.
+    best = json.loads(report.data)["latent"]["clusters"][0]["top_alignment"][0]
+    assert best["column"] == "group" and f"group = {best['value']} <span".encode() in html.data
 
 
 def test_cancel_running_and_queued_jobs(admin, embeddings_file, server):

@@ -249,7 +249,8 @@ def evil_report(tmp_path_factory):
     summary = {
         "method": "histogram", "params": {}, "n": 10, "effective_sample_size": 7.5,
         "clusters": [{"id": 1, "size": 3, "mass": 0.02, "mean_density": 0.1, "mean_weight": 2.5,
-                      "group_composition": {EVIL_COLUMN: {EVIL_VALUE: 1.0}}}],
+                      "group_composition": {EVIL_COLUMN: {EVIL_VALUE: 1.0}}, "direction_norm": 1.5,
+                      "group_alignment": {EVIL_COLUMN: {EVIL_VALUE: 0.9, "plain": -0.9}}}],
         "group_weight_mass": {EVIL_COLUMN: {EVIL_VALUE: {"data_share": 0.5, "weight_mass": 0.4}}},
     }
     (analysis / "summary.json").write_text(json.dumps(summary))
@@ -277,6 +278,8 @@ def test_group_column_and_values_named_like_html_are_shown_as_text(evil_report) 
     assert tags.tags.count("img") == 3  # the three plots, not the group value
     assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=" in html
+    assert evil_report.report["latent"]["clusters"][0]["top_alignment"][0]["value"] == EVIL_VALUE
+    assert 'data-key="latent.clusters.0.top_alignment.0.cosine"' in html  # shown, as text (checked above)
     cells = _Cells()
     cells.feed(html)
     report = evil_report.report

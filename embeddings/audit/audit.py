@@ -374,6 +374,8 @@ def _latent_section(analysis_dir: Path, group_by: Sequence[str], max_clusters: i
                 "mean_density": _num(c.get("mean_density")),
                 "mean_weight": _num(c.get("mean_weight")),
                 "group_composition": {k: v for k, v in comp.items() if k in keep_cols} or comp,
+                "direction_norm": _num(c.get("direction_norm")),
+                "top_alignment": _top_alignment(c.get("group_alignment") or {}),
             }
         )
     gwm = summary.get("group_weight_mass", {}) or {}
@@ -385,6 +387,21 @@ def _latent_section(analysis_dir: Path, group_by: Sequence[str], max_clusters: i
         "clusters": clusters,
         "group_weight_mass": {k: v for k, v in gwm.items() if k in keep_cols} or gwm,
     }
+
+
+def _top_alignment(alignment: Mapping[str, Mapping[str, Any]], top: int = 3) -> list[dict[str, Any]]:
+    """The ``top`` group values whose centroid direction best matches a cluster's, highest cosine first.
+
+    All the analysis' label columns compete, not only the audited ones: the attribute that sets a
+    cluster apart may be one the audit does not group by."""
+    rows = [
+        {"column": str(col), "value": str(val), "cosine": _num(cos)}
+        for col, values in alignment.items()
+        for val, cos in (values or {}).items()
+        if _num(cos) is not None
+    ]
+    rows.sort(key=lambda r: (-r["cosine"], r["column"], r["value"]))
+    return rows[:top]
 
 
 def audit_arrays(

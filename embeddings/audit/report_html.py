@@ -50,6 +50,10 @@ def _fmt(value: Any, kind: str) -> str:
         return f"{value:.4f}"
     if kind == "ratio":
         return f"{value:.2f}"
+    if kind == "cosine":
+        return f"{value:+.3f}"
+    if kind == "num":
+        return f"{value:.3g}"
     if kind == "int":
         return f"{int(value):,}"
     return str(value)
@@ -153,9 +157,17 @@ mass to the right of the dashed threshold is false matches; genuine mass to its 
 most under-represented first. A group whose weight share is well above its data share is
 under-represented in training; compare with its error rates above.</p>
 <h3>Under-represented clusters</h3>
-<table><tr><th>cluster</th><th>size</th><th>mass</th><th>mean density</th><th>mean weight</th><th class="name">group composition</th></tr>
+<p class="note">Mass is the cluster's share of the data; mean weight is relative to uniform sampling (1 = no
+change). What sets a cluster apart: its <b>direction</b> runs from the centre of all the data to the centre of
+the cluster in the analysis' latent space, and <b>direction norm</b> is that distance. <b>Best-aligned groups</b>
+are the three values, among all the analysis' label columns, whose own centre lies in the most similar direction,
+with the cosine between the two directions (+1 = the same direction, 0 = unrelated, −1 = opposite): a value
+near +1 names the attribute the cluster is made of.</p>
+<table><tr><th>cluster</th><th>size</th><th>mass</th><th>mean density</th><th>mean weight</th><th>direction norm</th><th class="name">best-aligned groups (cosine)</th><th class="name">group composition</th></tr>
 {%- for c in lat.clusters %}{% set k = "latent.clusters." ~ loop.index0 %}
-<tr>{{ cell(k ~ ".id", c.id, "int") }}{{ cell(k ~ ".size", c.size, "int") }}{{ cell(k ~ ".mass", c.mass, "rate") }}{{ cell(k ~ ".mean_density", c.mean_density, "rate") }}{{ cell(k ~ ".mean_weight", c.mean_weight, "rate") }}<td class="name">
+<tr>{{ cell(k ~ ".id", c.id, "int") }}{{ cell(k ~ ".size", c.size, "int") }}{{ cell(k ~ ".mass", c.mass, "rate") }}{{ cell(k ~ ".mean_density", c.mean_density, "rate") }}{{ cell(k ~ ".mean_weight", c.mean_weight, "rate") }}{{ cell(k ~ ".direction_norm", c.direction_norm, "num") }}<td class="name">
+{%- for a in c.top_alignment %}{% if not loop.first %}; {% endif %}{{ a.column }} = {{ a.value }} <span data-key="{{ k }}.top_alignment.{{ loop.index0 }}.cosine" data-value="{{ a.cosine | tojson_value }}">{{ a.cosine | fmt("cosine") }}</span>{% else %}—{% endfor -%}
+</td><td class="name">
 {%- for col, shares in c.group_composition.items() %}{% if not loop.first %}; {% endif %}{{ col }}: {% for v, s in shares.items() %}{% if not loop.first %}, {% endif %}{{ v }} {{ "{:.0%}".format(s) }}{% endfor %}{% endfor -%}
 </td></tr>
 {%- endfor %}
