@@ -226,12 +226,13 @@ class IndexConfig:
     """Index policy: exact search below ``ann_threshold`` vectors, an ANN factory string above it.
 
     ``ann_factory`` may contain ``{nlist}``, filled from the collection size, and ``{pq}``, the
-    product-quantizer sub-vectors for the dimension (``index.pq_for``: 512 → 64). The default
-    keeps 1-byte codes (SQ8) in the index and re-ranks ``rerank_k`` candidates exactly from the
-    float table, so the vectors are held once. ``IVF{nlist},PQ{pq}x4fs`` (4-bit codes scanned
-    with SIMD look-ups, 32 bytes a 512-d face) scans ~2.5× faster at the same recall on 512-d,
-    but FAISS cannot safely remove from it, so deletes stay as tombstones that widen every search
-    until a rebuild: for galleries that rarely delete.
+    product-quantizer sub-vectors for the dimension (``index.pq_for``: 512 → 64). The default,
+    ``IVF{nlist},PQ{pq}x4fs``, keeps 4-bit codes scanned with SIMD look-ups in the index (32 bytes
+    a 512-d face, a sixty-fourth of the floats) and re-ranks ``rerank_k`` candidates exactly from
+    the float table, so the vectors are held once and scores are exact. FAISS cannot safely remove
+    from fast-scan lists, so deletes stay there as tombstones that the search skips inside the
+    scan (a bitmap of the live ids) until a rebuild. ``IVF{nlist},SQ8`` (1-byte codes, removable)
+    scans about 2× slower at the same recall on 512-d.
     ``train_iterations`` are the k-means rounds of an IVF build. ``search_threads`` bounds the
     OpenMP threads of an ANN search of up to 8 queries (0: FAISS's default, every core): one
     query gains nothing from more, and on a busy machine threads spinning at OpenMP barriers
@@ -239,7 +240,7 @@ class IndexConfig:
     """
 
     ann_threshold: int = 50_000
-    ann_factory: str = "IVF{nlist},SQ8"
+    ann_factory: str = "IVF{nlist},PQ{pq}x4fs"
     nprobe: int = 16
     rerank_k: int = 64
     snapshot_every: int = 10_000

@@ -9,8 +9,10 @@ floats) proposes candidates, so returned scores are always exact cosines of L2-n
 vectors and the floats are held once.
 
 Deletes flip a live bit in the table and call ``remove_ids`` on the ANN index; where the
-ANN index cannot remove (HNSW) the id stays there as a tombstone that the table filters out,
-and the index is rebuilt once tombstones pile up. ANN builds run aside (from a consistent
+ANN index cannot remove (HNSW, and IVF fast-scan, whose FAISS 1.15 lists lose vectors added
+after a ``remove_ids``) the id stays there as a tombstone: the search then passes FAISS a
+selector over a bitmap of the live ids (:class:`_LiveIds`), so tombstones are skipped inside the
+scan and never take a candidate's place, and the index is rebuilt once they pile up. ANN builds run aside (from a consistent
 view of the table, without holding the lock) and are swapped in after the changes made
 meanwhile are applied, so searches are not blocked by a build.
 
@@ -146,6 +148,7 @@ class VectorIndex:
         self._ann_kind = "flat"
         self._ann_removable = True
         self._ann_tombstones = 0
+        self._live_ids: _LiveIds | None = None  # while the ANN index holds tombstones
         self._built_n = 0
         self.applied_seq = 0  # last store change-log seq reflected here (the gallery sets it)
 
@@ -240,6 +243,8 @@ class VectorIndex:
             self._vecs[t : t + len(ids)] = vecs
             self._alive[self._n : self._n + len(ids)] = True
             self._n += len(ids)
+        if self._live_ids is not None:
+            self._live_ids.set(ids, True)
         if self._ann is not None:
             self._ann_add(self._ann, ids, vecs)
 
@@ -278,6 +283,8 @@ class VectorIndex:
         # Only the live bits change: a snapshot-mapped table stays mapped.
         self._alive[rows] = False
         self._dead += len(rows)
+        if self._live_ids is not None:
+            self._live_ids.set(ids[ok], False)
         if self._ann is not None:
             self._ann_remove(self._ann, ids[ok])
         if self._dead > max(1024, self._n // 4):
@@ -345,6 +352,8 @@ class VectorIndex:
             except RuntimeError:
                 self._ann_removable = False  # this index type cannot remove: fall back to tombstones
         self._ann_tombstones += len(ids)
+        if self._live_ids is None:  # the table is already without ``ids``
+            self._live_ids = _LiveIds(self._ids[: self._n][self._alive[: self._n]])
 
     def needs_build(self) -> bool:
         """True when the policy wants an ANN (re)build: past the threshold, grown 4x, or many tombstones."""
@@ -371,6 +380,7 @@ class VectorIndex:
             if len(rows) < self.config.ann_threshold:
                 with self._lock.write():
                     self._ann, self._ann_kind, self._ann_tombstones, self._built_n = None, "flat", 0, 0
+                    self._live_ids = None
                 return
             index, factory, removable = self._new_ann(len(rows))
             try:
@@ -393,7 +403,7 @@ class VectorIndex:
                     r, _ = self._rows_of(added)
                     self._ann_add(index, added, self._view(self._n).take(r))
                 self._ann, self._ann_kind, self._ann_removable = index, factory, removable
-                self._ann_tombstones = 0
+                self._ann_tombstones, self._live_ids = 0, None
                 if len(removed):
                     self._ann_remove(index, removed)
                 self._built_n = len(cur)
@@ -445,14 +455,15 @@ class VectorIndex:
 
     def _search_ann(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         assert self._ann is not None
-        kk = min(max(k, self.config.rerank_k) + self._ann_tombstones, max(int(self._ann.ntotal), 1))
+        kk = min(max(k, self.config.rerank_k), max(int(self._ann.ntotal), 1))
+        params = self._live_ids.params(self._ann) if self._live_ids is not None else None
         threads = self.config.search_threads if len(q) <= _SMALL_BATCH else 0
         # OpenMP's thread count is per calling thread (libgomp), so this bounds only this search.
         before = faiss.omp_get_max_threads() if threads else 0
         try:
             if threads:
                 faiss.omp_set_num_threads(threads)
-            _, cand = self._ann.search(q, kk)
+            _, cand = self._ann.search(q, kk, params=params)
         except RuntimeError as exc:
             raise StorageError(f"ANN search failed: {exc}") from exc
         finally:
@@ -462,6 +473,8 @@ class VectorIndex:
         out = np.full((len(q), k), -1, np.int64)
         rows, ok = self._rows_of(cand.ravel())
         rows, ok = rows.reshape(cand.shape), ok.reshape(cand.shape) & (cand >= 0)
+        if params is not None:  # an id removed and added again is in a tombstoning index twice
+            ok &= _first_of_each(cand)
         # Exact re-rank from the stored vectors: the returned scores are true cosines.
         exact = np.einsum("qkd,qd->qk", self._view(self._n).take(rows), q)
         exact[~ok] = -np.inf
@@ -557,6 +570,8 @@ class VectorIndex:
                     index._ann_kind = header["kind"]
                     index._ann_removable = header["removable"]
                     index._ann_tombstones = header["tombstones"]
+                    if index._ann_tombstones:
+                        index._live_ids = _LiveIds(index._ids)
                     index._built_n = header["built_n"]
                 index.applied_seq = int(header["seq"])
         except (OSError, ValueError, KeyError, RuntimeError, struct.error) as exc:
@@ -643,3 +658,57 @@ class _Rows:
             yield s, self.base[s : min(s + step, nb)]
         for s in range(nb, self.n, step):
             yield s, self.tail[s - nb : min(s + step, self.n) - nb]
+
+
+def _first_of_each(a: np.ndarray) -> np.ndarray:
+    """Mask of each row's first occurrence of every value (later repeats False)."""
+    order = np.argsort(a, axis=1, kind="stable")
+    srt = np.take_along_axis(a, order, axis=1)
+    first = np.ones(a.shape, bool)
+    first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    out = np.empty(a.shape, bool)
+    np.put_along_axis(out, order, first, axis=1)
+    return out
+
+
+class _LiveIds:
+    """A bitmap of the live ids (bit ``i`` set: id ``i`` is in the table) and the FAISS selector over
+    it, for an ANN index that keeps tombstones: searches skip every id not set, inside the scan.
+
+    ``id // 8`` bytes (1.25 MB for ids up to 10M), grown by half when a larger id is set; changed
+    only under the index's write lock, read by searches under its read lock."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self._bits = np.zeros(1024, np.uint8)
+        self._selector = faiss.IDSelectorBitmap(len(self._bits), faiss.swig_ptr(self._bits))
+        self.set(np.asarray(ids, np.int64), True)
+
+    def set(self, ids: np.ndarray, live: bool) -> None:
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            return
+        need = int(ids.max()) // 8 + 1
+        if need > len(self._bits):
+            bits = np.zeros(max(need, len(self._bits) * 3 // 2), np.uint8)
+            bits[: len(self._bits)] = self._bits
+            # A new selector for the new array (no search runs meanwhile: this is under the write lock).
+            self._bits, self._selector = bits, faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        byte, mask = ids >> 3, (1 << (ids & 7)).astype(np.uint8)
+        if live:
+            np.bitwise_or.at(self._bits, byte, mask)
+        else:
+            np.bitwise_and.at(self._bits, byte, ~mask)
+
+    def params(self, index: faiss.Index) -> faiss.SearchParameters:
+        """Search parameters for ``index`` that keep its search breadth and skip non-live ids."""
+        try:
+            ivf = faiss.extract_index_ivf(index)
+        except RuntimeError:
+            ivf = None
+        if ivf is not None:
+            return faiss.SearchParametersIVF(sel=self._selector, nprobe=ivf.nprobe)
+        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+        hnsw = getattr(inner, "hnsw", None)
+        if hnsw is not None:
+            return faiss.SearchParametersHNSW(sel=self._selector, efSearch=hnsw.efSearch)
+        return faiss.SearchParameters(sel=self._selector)

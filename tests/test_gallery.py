@@ -15,6 +15,7 @@ from embeddings.errors import (
     SubjectNotFound,
 )
 from embeddings.gallery import Gallery
+from embeddings.index import pq_for
 from embeddings.synthetic.gallery import identity_embeddings, noisy_faces
 
 DIM = 32
@@ -67,7 +68,7 @@ def test_snapshot_then_replay_adds_and_deletes(tmp_path, data, ann: bool) -> Non
     cfg = config(tmp_path, ann_threshold=500 if ann else 10**6, nprobe=4096)
     g = Gallery.open(cfg, background=False)
     fill(g, vecs[:1000], ident[:1000])
-    assert g.build_index("c") == ("IVF16,SQ8" if ann else "flat")
+    assert g.build_index("c") == (f"IVF16,PQ{pq_for(DIM)}x4fs" if ann else "flat")
     g.snapshot()
     # After the snapshot: more adds, a subject delete and a face delete, then a crash (no close snapshot).
     g.bulk_enroll("c", [f"id{i:04d}" for i in ident[1000:]], vecs[1000:], model_id="m")
@@ -82,7 +83,7 @@ def test_snapshot_then_replay_adds_and_deletes(tmp_path, data, ann: bool) -> Non
     assert got == brute_top(g, "c", q, 5)
     flat = {f for row in got for f in row}
     assert not flat & set(removed) and 1200 not in flat
-    assert g.collection_stats("c").index_kind == ("IVF16,SQ8" if ann else "flat")
+    assert g.collection_stats("c").index_kind == (f"IVF16,PQ{pq_for(DIM)}x4fs" if ann else "flat")
     g.close()
 
 

@@ -350,6 +350,7 @@ def test_index_policy_maps_to_milvus_index_types():
 
     assert milvus_index(IndexConfig(ann_factory="IVF{nlist},Flat", nprobe=16)) == ("IVF_FLAT", {"nlist": 1024}, {"nprobe": 16})
     assert milvus_index(IndexConfig(ann_factory="IVF{nlist},SQ8"))[:2] == ("IVF_SQ8", {"nlist": 1024})
+    assert milvus_index(IndexConfig())[:2] == ("IVF_SQ8", {"nlist": 1024})  # no 4-bit fast-scan in Milvus
     assert milvus_index(IndexConfig(ann_factory="IVF256,SQ8", nprobe=8))[:2] == ("IVF_SQ8", {"nlist": 256})
     assert milvus_index(IndexConfig(ann_factory="IVF256,PQ16"))[:2] == ("IVF_PQ", {"nlist": 256, "m": 16, "nbits": 8})
     assert milvus_index(IndexConfig(ann_factory="HNSW32", rerank_k=100)) == (

@@ -44,7 +44,9 @@ def milvus_index(config: IndexConfig) -> tuple[str, dict, dict]:
         m = re.match(r"IVF(\d+)", factory)
         nlist = int(m.group(1)) if m else 1024  # "{nlist}" follows the size in FAISS; Milvus fixes it at build
         search = {"nprobe": config.nprobe}
-        if ",SQ8" in factory:  # 1 byte a dimension in memory; the re-rank restores exact scores
+        # 1 byte a dimension in memory; the re-rank restores exact scores. Milvus has no 4-bit
+        # fast-scan lists, so FAISS's default (PQ..x4fs) maps to its nearest kin here.
+        if ",SQ8" in factory or "X4FS" in factory:
             return "IVF_SQ8", {"nlist": nlist}, search
         if pq := re.search(r",PQ(\d+)", factory):
             return "IVF_PQ", {"nlist": nlist, "m": int(pq.group(1)), "nbits": 8}, search
