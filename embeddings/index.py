@@ -53,6 +53,8 @@ _REBUILD_GROWTH = 4.0
 _TOMBSTONE_FRACTION = 0.2
 # Query rows × table rows per exact-search block (bounds the temporary score matrix).
 _EXACT_BLOCK = 1 << 24
+# Rows per block of a vector table's owned tail, once it has grown that large.
+_TAIL_BLOCK = 1 << 16
 # Searches of at most this many queries run on ``IndexConfig.search_threads`` OpenMP threads.
 _SMALL_BATCH = 8
 
@@ -138,7 +140,7 @@ class VectorIndex:
         self._build_lock = threading.Lock()
         self._ids = np.empty(0, np.int64)
         self._base = np.empty((0, self.dim), np.float32)  # rows [0, len(base)): a snapshot's map, read-only
-        self._vecs = np.empty((0, self.dim), np.float32)  # rows [len(base), _n): owned, appended to
+        self._vecs = _Tail(self.dim)  # rows [len(base), _n): owned, appended to
         self._alive = np.empty(0, bool)
         self._n = 0  # rows used in the table
         self._dead = 0  # rows of the table that are deleted
@@ -177,7 +179,7 @@ class VectorIndex:
             return self._view(self._n).take(rows)
 
     def _view(self, n: int) -> _Rows:
-        return _Rows(self._base, self._vecs, n)
+        return _Rows(self._base, self._vecs.view(), n)
 
     def _rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self._n:
@@ -190,7 +192,7 @@ class VectorIndex:
         """Make the table writable with room for ``extra`` more rows (amortised growth).
 
         New arrays, never in place (a capture or a build may hold the old ones); the mapped base
-        is never copied, only the ids, the live bits and the tail."""
+        is never copied, only the ids and the live bits; the vectors' tail grows by new blocks."""
         n, nb = self._n, len(self._base)
         need = n + extra
         if not self._owned or need > len(self._ids):
@@ -200,10 +202,7 @@ class VectorIndex:
             ids[:n] = self._ids[:n]
             alive[:n] = self._alive[:n]
             self._ids, self._alive, self._owned = ids, alive, True
-        if need - nb > len(self._vecs):
-            vecs = np.empty((max(need - nb, int(len(self._vecs) * 1.5), 1024), self.dim), np.float32)
-            vecs[: n - nb] = self._vecs[: n - nb]
-            self._vecs = vecs
+        self._vecs.reserve(need - nb)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, *, seq: int | None = None) -> None:
         """Add vectors under new ids; ids already present are skipped (replay is idempotent).
@@ -240,7 +239,7 @@ class VectorIndex:
             self._own_table(len(ids))
             t = self._n - len(self._base)
             self._ids[self._n : self._n + len(ids)] = ids
-            self._vecs[t : t + len(ids)] = vecs
+            self._vecs.write(t, vecs)
             self._alive[self._n : self._n + len(ids)] = True
             self._n += len(ids)
         if self._live_ids is not None:
@@ -256,7 +255,7 @@ class VectorIndex:
         all_ids = np.concatenate([self._ids[:n][keep], ids])
         order = np.argsort(all_ids, kind="stable")
         self._ids = all_ids[order]
-        self._vecs = np.concatenate([self._view(n).take(np.flatnonzero(keep)), vecs])[order]
+        self._vecs = _Tail(self.dim, [np.concatenate([self._view(n).take(np.flatnonzero(keep)), vecs])[order]])
         self._base = np.empty((0, self.dim), np.float32)
         self._alive = np.concatenate([self._alive[:n][keep], np.ones(len(ids), bool)])[order]
         self._n = len(self._ids)
@@ -294,7 +293,7 @@ class VectorIndex:
     def _compact(self) -> None:
         # New arrays, never in place: a build running aside may hold views of the old ones.
         live = self._alive[: self._n]
-        self._vecs = self._view(self._n).take(np.flatnonzero(live))
+        self._vecs = _Tail(self.dim, [self._view(self._n).take(np.flatnonzero(live))])
         self._base = np.empty((0, self.dim), np.float32)
         self._ids = self._ids[: self._n][live].copy()
         self._alive = np.ones(len(self._ids), bool)
@@ -440,7 +439,8 @@ class VectorIndex:
         for s in range(0, len(q), block):
             sim = np.empty((len(q[s : s + block]), n), np.float32)
             sim[:, :nb] = q[s : s + block] @ self._base[:nb].T
-            sim[:, nb:] = q[s : s + block] @ self._vecs[: n - nb].T
+            for a, blk in self._vecs.segments(n - nb):
+                sim[:, nb + a : nb + a + len(blk)] = q[s : s + block] @ blk.T
             sim[:, dead] = -np.inf
             if kk < n:
                 top = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
@@ -534,10 +534,8 @@ class VectorIndex:
             if self._layout != copy.layout or self._n < n:
                 return False
             tail = self._view(self._n).take(np.arange(n, self._n))
-            room = np.empty((max(len(tail), 1024), self.dim), np.float32)
-            room[: len(tail)] = tail
             # Builds and captures running now hold views of the old arrays, which stay as they are.
-            self._base, self._vecs = base, room
+            self._base, self._vecs = base, _Tail(self.dim, [tail] if len(tail) else [])
         return True
 
     @classmethod
@@ -629,26 +627,86 @@ class IndexCopy:
         return self.seq
 
 
+class _Tail:
+    """The owned rows after the mapped base: blocks that are only ever appended, so growing never
+    copies what is there (nor holds it twice for a moment: at 1M 512-d faces that moment was the
+    process's peak memory). Blocks double from 1 024 rows up to ``_TAIL_BLOCK`` rows, then stay
+    that size. Rows are written once, past every row a reader may use; :meth:`view` is a stable
+    snapshot of the block list for readers that run without the lock."""
+
+    __slots__ = ("blocks", "dim", "starts")
+
+    def __init__(self, dim: int, blocks: list[np.ndarray] | None = None) -> None:
+        self.dim = dim
+        self.blocks = list(blocks or [])
+        self.starts = np.cumsum([0] + [len(b) for b in self.blocks])  # first row of each block, then the end
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def view(self) -> _Tail:
+        return _Tail(self.dim, self.blocks)
+
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` rows in all, by appending blocks."""
+        while len(self) < rows:
+            size = min(max(1024, len(self)), _TAIL_BLOCK)
+            self.blocks.append(np.empty((size, self.dim), np.float32))
+            self.starts = np.append(self.starts, len(self) + size)
+
+    def write(self, start: int, vecs: np.ndarray) -> None:
+        """Rows ``start, start + 1, ...`` = ``vecs`` (room reserved beforehand)."""
+        done = 0
+        while done < len(vecs):
+            b = int(np.searchsorted(self.starts, start + done, "right")) - 1
+            off = start + done - int(self.starts[b])
+            m = min(len(vecs) - done, len(self.blocks[b]) - off)
+            self.blocks[b][off : off + m] = vecs[done : done + m]
+            done += m
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (1-d) as a new (len(rows), dim) array."""
+        if len(self.blocks) == 1:
+            return self.blocks[0][rows]
+        block = np.searchsorted(self.starts, rows, "right") - 1
+        out = np.empty((len(rows), self.dim), np.float32)
+        for b in np.unique(block):
+            sel = block == b
+            out[sel] = self.blocks[b][rows[sel] - self.starts[b]]
+        return out
+
+    def segments(self, n: int, step: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, rows) covering rows ``[0, n)`` in order, at most ``step`` rows each."""
+        for b, blk in enumerate(self.blocks):
+            s = int(self.starts[b])
+            if s >= n:
+                break
+            e = min(n, s + len(blk))
+            for a in range(s, e, step):
+                yield a, blk[a - s : min(a + step, e) - s]
+
+
 class _Rows:
     """Rows ``[0, n)`` of the vector table: the read-only base, then the owned tail. A stable view:
-    rows below ``n`` of either array are never changed in place."""
+    rows below ``n`` of either part are never changed in place."""
 
     __slots__ = ("base", "n", "tail")
 
-    def __init__(self, base: np.ndarray, tail: np.ndarray, n: int) -> None:
+    def __init__(self, base: np.ndarray, tail: _Tail, n: int) -> None:
         self.base, self.tail, self.n = base, tail, n
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of ``rows`` (any shape, each in ``[0, n)``): a new C-contiguous array (..., dim)."""
         rows = np.asarray(rows, np.intp)
         nb = len(self.base)
-        if not nb:
-            return self.tail[rows]
         flat = rows.ravel()
+        if not nb:
+            return self.tail.take(flat).reshape((*rows.shape, self.tail.dim))
         out = np.empty((len(flat), self.base.shape[1]), np.float32)
         in_base = flat < nb
         out[in_base] = self.base[flat[in_base]]
-        out[~in_base] = self.tail[flat[~in_base] - nb]
+        if not in_base.all():
+            out[~in_base] = self.tail.take(flat[~in_base] - nb)
         return out.reshape((*rows.shape, self.base.shape[1]))
 
     def blocks(self, step: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
@@ -656,8 +714,8 @@ class _Rows:
         nb = min(self.n, len(self.base))
         for s in range(0, nb, step):
             yield s, self.base[s : min(s + step, nb)]
-        for s in range(nb, self.n, step):
-            yield s, self.tail[s - nb : min(s + step, self.n) - nb]
+        for s, blk in self.tail.segments(self.n - nb, step):
+            yield nb + s, blk
 
 
 def _first_of_each(a: np.ndarray) -> np.ndarray:

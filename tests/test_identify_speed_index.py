@@ -333,3 +333,31 @@ def test_tombstones_are_skipped_inside_the_scan_not_in_the_rerank(tmp_path, data
     big = np.array([10_000_000], np.int64)
     loaded.add(big, q[:1])
     assert loaded.search(q[:1], 1)[1][0, 0] == big[0]
+
+
+def test_the_vector_table_grows_by_blocks_without_copying_what_is_there(tmp_path, data, monkeypatch) -> None:
+    """Enrolls append blocks to the table's owned tail: rows already there stay in the same arrays
+    (no grow-and-copy, which at 1M faces was the peak of memory), and reads, the exact scan, the
+    ANN re-rank and a snapshot see every row across the blocks."""
+    import embeddings.index as index_mod
+
+    monkeypatch.setattr(index_mod, "_TAIL_BLOCK", 1024)
+    ids, vecs, q = data
+    index = VectorIndex(DIM, IndexConfig(ann_threshold=10**6))
+    rng = np.random.default_rng(2)
+    cuts = np.sort(rng.choice(np.arange(1, len(ids)), 12, replace=False))
+    first_block = None
+    for part_ids, part in zip(np.split(ids, cuts), np.split(vecs, cuts), strict=True):
+        index.add(part_ids, part)
+        first_block = first_block if first_block is not None else index._vecs.blocks[0]
+    assert index._vecs.blocks[0] is first_block and len(index._vecs.blocks) >= 4
+    assert all(len(b) <= 1024 for b in index._vecs.blocks)
+    pick = rng.choice(ids, 500, replace=False)
+    np.testing.assert_array_equal(index.vectors(pick), vecs[pick - 100])
+    scores, got = index.search(q, 5)
+    ref_s, ref_i = brute(ids, vecs, q, 5)
+    np.testing.assert_array_equal(got, ref_i)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+    index.save(tmp_path / "c.lfidx", meta={})
+    loaded, _ = VectorIndex.load(tmp_path / "c.lfidx")
+    np.testing.assert_array_equal(np.asarray(loaded._base), vecs)
