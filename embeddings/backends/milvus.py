@@ -6,7 +6,7 @@ vector); the metric is inner product, i.e. cosine. Collections are created with 
 a search issued after an insert or delete returned sees it, on every client of the same Milvus.
 
 The index policy maps the project's :class:`~embeddings.config.IndexConfig`: a factory string
-``IVF<n>,Flat`` becomes ``IVF_FLAT`` (``IVF<n>,SQ8`` ``IVF_SQ8``, ``IVF<n>,PQ<m>`` ``IVF_PQ``) searched
+``IVF<n>,Flat`` becomes ``IVF_FLAT`` (``IVF<n>,SQ8`` and the 4-bit fast-scan default ``IVF_SQ8``, ``IVF<n>,PQ<m>`` ``IVF_PQ``) searched
 with ``nprobe``, ``HNSW<M>`` becomes ``HNSW`` with ``ef`` = ``rerank_k``, anything else ``FLAT`` (exact). Milvus searches segments not yet indexed by brute
 force, so a small collection is searched exactly whatever the type. Scores from here are only used
 to pick candidates: the gallery re-ranks them with the stored vectors.
