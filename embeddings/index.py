@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 import threading
@@ -53,6 +54,8 @@ _REBUILD_GROWTH = 4.0
 _TOMBSTONE_FRACTION = 0.2
 # Query rows × table rows per exact-search block (bounds the temporary score matrix).
 _EXACT_BLOCK = 1 << 24
+# Most IVF lists an index gets (see nlist_for).
+_MAX_NLIST = 4096
 # Rows per block of a vector table's owned tail, once it has grown that large.
 _TAIL_BLOCK = 1 << 16
 # Searches of at most this many queries run on ``IndexConfig.search_threads`` OpenMP threads.
@@ -67,10 +70,15 @@ def pq_for(dim: int) -> int:
 
 
 def nlist_for(n: int) -> int:
-    """IVF list count for ``n`` vectors: ~4·sqrt(n) as a power of two, ≥ 39 points per list, ≤ 65536."""
+    """IVF list count for ``n`` vectors: ~4·sqrt(n) as a power of two, ≥ 39 points per list, ≤ 4096.
+
+    Past 1M vectors the lists grow instead of multiplying: a build assigns every vector to its
+    nearest list (n × nlist dot products: 16 384 lists made a 10M build take 16 minutes on 2 cores),
+    the coarse search of every query is nlist dot products, and 4-bit fast-scan lists are cheap
+    to scan even when long; with ``nprobe`` fixed, the share of the data probed stays 16/4096."""
     target = 2 ** round(math.log2(max(1.0, 4.0 * math.sqrt(max(n, 1)))))
     cap = 2 ** int(math.log2(max(1, n // 39))) if n >= 39 else 1
-    return int(max(1, min(target, cap, 65536)))
+    return int(max(1, min(target, cap, _MAX_NLIST)))
 
 
 class _RWLock:
@@ -476,6 +484,8 @@ class VectorIndex:
         if params is not None:  # an id removed and added again is in a tombstoning index twice
             ok &= _first_of_each(cand)
         # Exact re-rank from the stored vectors: the returned scores are true cosines.
+        if isinstance(self._base, np.memmap):
+            _will_need(self._base, rows[rows < len(self._base)])
         exact = np.einsum("qkd,qd->qk", self._view(self._n).take(rows), q)
         exact[~ok] = -np.inf
         kk = min(k, cand.shape[1])
@@ -716,6 +726,25 @@ class _Rows:
             yield s, self.base[s : min(s + step, nb)]
         for s, blk in self.tail.segments(self.n - nb, step):
             yield nb + s, blk
+
+
+def _will_need(base: np.memmap, rows: np.ndarray) -> None:
+    """Ask the kernel to read the pages of ``rows`` of a mapped table now, all at once (madvise
+    WILLNEED starts the reads and returns), so a re-rank over a table larger than the page cache
+    waits for about one disk read instead of faulting its candidates in one after another (64 reads
+    in a row on a cold 10M table). About 1 µs a row when the pages are already in memory."""
+    mm = getattr(base, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not len(rows):
+        return
+    row_bytes = base.shape[1] * base.itemsize
+    start = base.offset % mmap.ALLOCATIONGRANULARITY  # where row 0 lies in numpy's mapping
+    for r in np.unique(rows).tolist():
+        at = start + r * row_bytes
+        page = at - at % mmap.PAGESIZE
+        try:
+            mm.madvise(mmap.MADV_WILLNEED, page, at + row_bytes - page)
+        except (OSError, ValueError):  # advice only: the reads below fault the pages in anyway
+            return
 
 
 def _first_of_each(a: np.ndarray) -> np.ndarray:
