@@ -157,6 +157,37 @@ def test_ess_floor_raises_alpha_to_the_smallest_value_that_meets_it(rng: np.rand
     assert a == alpha * 2 and effective_sample_size(same) > 0.2 * 5000
 
 
+def test_knn_auto_variant_is_run_analysis_with_the_data_chosen_scale() -> None:
+    from embeddings.bench.analysis_suite import variant_weights
+
+    p = Scenario("s", "separable", n=800, dim=32, params={"shares": [0.05]}).make()
+    kw = {"seed": 1, "vae_params": {"epochs": 3}}
+    result = run_analysis(p.dataset, **kw)
+    auto = run_analysis(p.dataset, estimator_params={"n_neighbors": "auto"}, **kw)
+    # The same VAE, refitted density: exactly what run_analysis gives with n_neighbors="auto".
+    w, k = variant_weights(result, "knn-auto")
+    np.testing.assert_allclose(w, auto.weights, rtol=1e-9)
+    assert k == auto.params["knn_k"] and len(k) == 1
+    with pytest.raises(InvalidInput):
+        variant_weights(run_analysis(p.dataset, method="gmm", **kw), "knn-auto")
+
+
+def test_criteria_are_checked_for_the_method_asked() -> None:
+    base = {"scenario": "s", "kind": "separable", "share": 0.03, "n": 2000, "dim": 128, "seed": 0, "ess": 0.3}
+    rows = [
+        {**base, "method": "default", "mass_ratio": 2.0, "auroc": 0.7},
+        {**base, "method": "knn-auto", "mass_ratio": 6.0, "auroc": 0.95},
+    ]
+    stab = [
+        {"scenario": "s", "method": "default", "spearman_seed": 0.95, "spearman_subsample": 0.97},
+        {"scenario": "s", "method": "knn-auto", "spearman_seed": 0.85, "spearman_subsample": 0.97},
+    ]
+    d, a = check_criteria(rows, stab), check_criteria(rows, stab, method="knn-auto")
+    assert d["separable_1_5pct_mass_ratio"]["value"] == 2.0 and not d["separable_1_5pct_mass_ratio"]["holds"]
+    assert a["separable_1_5pct_mass_ratio"]["value"] == 6.0 and a["separable_1_5pct_auroc"]["holds"]
+    assert d["stability_spearman_min"]["value"] == 0.95 and a["stability_spearman_min"]["value"] == 0.85
+
+
 # --- identity-aware weighting -------------------------------------------------------------------
 
 

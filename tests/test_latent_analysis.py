@@ -192,6 +192,26 @@ def test_artefacts_follow_the_contract(offset5, tmp_path) -> None:
     assert sorted(members) == sorted(ds.ids.tolist())
 
 
+def test_data_chosen_knn_scale_is_recorded_in_the_summary(tmp_path) -> None:
+    ds, _ = _data("offset", 0.05)
+    ds = ds.subset(np.arange(800))
+    kw = {"vae_params": {"epochs": 3}, "seed": 2}
+    auto = run_analysis(ds, estimator_params={"n_neighbors": "auto"}, **kw)
+    assert auto.estimator.n_neighbors == "auto" and auto.estimator.k_.size == 1
+    k = int(auto.estimator.k_[0])
+    assert auto.estimator.k_grid_[0] <= k <= auto.estimator.k_grid_[-1]
+    summary = json.loads(auto.write(tmp_path)["summary"].read_text())
+    assert summary["params"]["estimator"]["n_neighbors"] == "auto"
+    assert summary["params"]["knn_k"] == [k]
+    # The same VAE and the same k, fixed by hand, give the same weights: the choice is all "auto" adds.
+    fixed = run_analysis(ds, estimator_params={"n_neighbors": k}, **kw)
+    np.testing.assert_allclose(fixed.weights, auto.weights, rtol=1e-9)
+    # The default's fixed scales are recorded too: 2.5%, 5% and 10% of 800 rows.
+    assert run_analysis(ds, **kw).params["knn_k"] == [20, 40, 80]
+    with pytest.raises(InvalidInput, match="auto"):
+        run_analysis(ds, estimator_params={"n_neighbors": "automatic"}, **kw)
+
+
 def test_vae_is_reproducible_and_respects_thread_count() -> None:
     import torch
 

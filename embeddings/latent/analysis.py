@@ -15,7 +15,7 @@ import numpy as np
 from embeddings.dataset import Dataset
 from embeddings.errors import Cancelled, InvalidInput
 from embeddings.latent.clusters import Cluster, find_clusters, kmeans_labels
-from embeddings.latent.density import DensityEstimator, GMMDensity, make_estimator
+from embeddings.latent.density import DensityEstimator, GMMDensity, KNNDensity, make_estimator
 from embeddings.latent.vae import EmbeddingVAE, mean_kl_per_dim
 from embeddings.latent.weights import (
     clip_weights,
@@ -147,6 +147,10 @@ def run_analysis(
     so plain latent densities under-weight it — about 3× at a 95/5 split at α = 0, against
     1.0–1.5× with decoded distances (measurements in ``tests/test_latent_analysis.py``).
 
+    ``estimator_params`` go to the density estimator; ``{"n_neighbors": "auto"}`` has the kNN density
+    choose its neighbour count by held-out likelihood (:class:`~embeddings.latent.density.KNNDensity`).
+    ``params["knn_k"]`` records the counts the kNN density used, chosen or given.
+
     ``n_vaes`` > 1 fits that many VAEs (seeds ``seed``, ``seed + 1000``, ``seed + 2000``, …) and
     averages the members' log-densities (for ``histogram``: their weights), which cancels most of
     the seed-to-seed variance of how much volume each VAE gives each region. ``latent``, ``vae``,
@@ -263,6 +267,7 @@ def run_analysis(
             "vae_epochs": vae.n_epochs_,
             "model_id": dataset.model_id,
             "estimator": {k: (list(v) if isinstance(v, tuple) else v) for k, v in estimator.get_params().items()},
+            **_knn_scales(members),
         },
         ids=dataset.ids,
         latent=latent,
@@ -274,6 +279,16 @@ def run_analysis(
         vae=vae,
         coordinates=coords,
     )
+
+
+def _knn_scales(members: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The neighbour counts the kNN density used (chosen from the data with ``n_neighbors="auto"``).
+
+    ``knn_k``: the first member's, like ``estimator``; ``knn_k_members``: each member's, when several."""
+    ks = [[int(k) for k in est.k_] for _, _, est, _ in members if isinstance(est, KNNDensity)]
+    if not ks:
+        return {}
+    return {"knn_k": ks[0], **({"knn_k_members": ks} if len(ks) > 1 else {})}
 
 
 def ess_floor_weights(
