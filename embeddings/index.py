@@ -328,18 +328,13 @@ class VectorIndex:
     def _tune(self, index: faiss.Index) -> bool:
         """Apply the configured search breadth (IVF nprobe, HNSW efSearch) to ``index`` — also after a
         load, where the saved value may predate the current config. True when ``index`` is an IVF."""
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:
-            ivf = None
+        ivf, hnsw = _search_parts(index)
         if ivf is not None:
             ivf.nprobe = self.config.nprobe
             coarse = getattr(faiss.downcast_index(ivf.quantizer), "hnsw", None)
             if coarse is not None:  # an HNSW coarse quantizer must find the nprobe nearest lists
                 coarse.efSearch = max(4 * self.config.nprobe, 64)
             return True
-        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
-        hnsw = getattr(inner, "hnsw", None)
         if hnsw is not None:
             hnsw.efSearch = max(2 * self.config.rerank_k, 64)
         return False
@@ -728,6 +723,19 @@ class _Rows:
             yield nb + s, blk
 
 
+def _search_parts(index: faiss.Index) -> tuple[Any, Any]:
+    """(the IVF inside ``index``, or None; else its HNSW graph, through an id map, or None): where its
+    search breadth (nprobe, efSearch) lives."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        return ivf, None
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    return None, getattr(inner, "hnsw", None)
+
+
 def _will_need(base: np.memmap, rows: np.ndarray) -> None:
     """Ask the kernel to read the pages of ``rows`` of a mapped table now, all at once (madvise
     WILLNEED starts the reads and returns), so a re-rank over a table larger than the page cache
@@ -788,14 +796,9 @@ class _LiveIds:
 
     def params(self, index: faiss.Index) -> faiss.SearchParameters:
         """Search parameters for ``index`` that keep its search breadth and skip non-live ids."""
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:
-            ivf = None
+        ivf, hnsw = _search_parts(index)
         if ivf is not None:
             return faiss.SearchParametersIVF(sel=self._selector, nprobe=ivf.nprobe)
-        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
-        hnsw = getattr(inner, "hnsw", None)
         if hnsw is not None:
             return faiss.SearchParametersHNSW(sel=self._selector, efSearch=hnsw.efSearch)
         return faiss.SearchParameters(sel=self._selector)

@@ -354,20 +354,12 @@ class KNNDensity(DensityEstimator):
             out[start : start + rows] = np.sqrt(np.maximum(d2[:, columns], 0.0))
         return out
 
-    def _per_scale_log_density(self, r: np.ndarray, ks: np.ndarray, n: float) -> np.ndarray:
-        """log(k / (n · V_d · r_k^d)) per row and scale; ``r`` is N×len(ks), ``n`` the reference count."""
-        d = self.dim or self.n_features_in_
-        positive = r[r > 0]
-        # Twins closer than the k-th neighbour give r = 0; floor it far below the typical spacing.
-        floor = (np.median(positive) if positive.size else 1.0) * 1e-6
-        log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
-        log_k = np.log(np.asarray(ks, dtype=np.float64))
-        return log_k - d * np.log(np.maximum(r, floor)) - math.log(n) - log_unit_ball
-
     def _log_density(self, r: np.ndarray, n: float | np.ndarray) -> np.ndarray:
         """Mean over the scales of log(k / (n · V_d · r_k^d)); ``r`` is N×len(k_), ``n`` the reference count per row."""
-        per_scale = self._per_scale_log_density(r, self.k_, 1.0)
-        return per_scale.mean(axis=1) - np.log(n)
+        d = self.dim or self.n_features_in_
+        log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
+        per_scale = np.log(self.k_.astype(np.float64)) - d * np.log(_floored(r))
+        return per_scale.mean(axis=1) - np.log(n) - log_unit_ball
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         self._check_fitted()
@@ -585,6 +577,13 @@ class KDEDensity(DensityEstimator):
         return self.train_log_density_
 
 
+def _floored(r: np.ndarray) -> np.ndarray:
+    """Neighbour distances with zeros (twins closer than the k-th neighbour) raised to a floor far
+    below the typical spacing: a millionth of the median positive distance."""
+    positive = r[r > 0]
+    return np.maximum(r, (np.median(positive) if positive.size else 1.0) * 1e-6)
+
+
 def held_out_log_likelihood(
     F: np.ndarray, H: np.ndarray, radii: np.ndarray, *, d: int, batch: int = 512
 ) -> np.ndarray:
@@ -601,8 +600,7 @@ def held_out_log_likelihood(
     F64 = np.asarray(F, dtype=np.float64)
     H64 = np.asarray(H, dtype=np.float64)
     r = np.asarray(radii, dtype=np.float64).reshape(F64.shape[0], -1)
-    positive = r[r > 0]
-    sigma = np.maximum(r, (np.median(positive) if positive.size else 1.0) * 1e-6) / math.sqrt(d + 2.0)
+    sigma = _floored(r) / math.sqrt(d + 2.0)
     inv_var, log_norm = 0.5 / sigma**2, -d * np.log(sigma)  # n_fit × scales
     const = -math.log(F64.shape[0]) - 0.5 * d * math.log(2 * math.pi)
     ff = (F64 * F64).sum(axis=1)
