@@ -542,6 +542,7 @@ class Client:
         n_vaes: int | None = None,
         max_weight_ratio: float | None = None,
         min_ess: float | None = None,
+        component_share: float | None = None,
         identity_aware: bool | None = None,
         seed: int = 0,
     ) -> Job:
@@ -549,8 +550,11 @@ class Client:
 
         ``max_weight_ratio=0`` turns clipping off; with ``alpha=0`` and ``n_vaes=3`` that is the strongest
         rebalancing. ``min_ess`` is the floor on the weights' effective sample size as a share of N
-        (``None`` = the server's 0.2, ``0`` = no floor). ``identity_aware=True`` gives one weight per
-        identity, shared by its faces (needs identity labels). ``None`` leaves a field to the server."""
+        (``None`` = the server's 0.2, ``0`` = no floor). ``component_share`` is the power of each sample's
+        mixture-component share multiplied into its density, in [0, 10] (``None`` = the method's default,
+        2 for knn and 0 otherwise; ``0`` = off; non-zero is refused for histogram). ``identity_aware=True``
+        gives one weight per identity, shared by its faces (needs identity labels). ``None`` leaves a field
+        to the server."""
         request = analysis_pb2.StartAnalysisRequest(
             dataset=_dataset(image_folder=image_folder, embeddings=embeddings, collection=collection),
             method=method,
@@ -566,6 +570,8 @@ class Client:
             request.max_weight_ratio = max_weight_ratio
         if min_ess is not None:
             request.min_ess = min_ess
+        if component_share is not None:
+            request.component_share = component_share
         if identity_aware is not None:
             request.identity_aware = identity_aware
         return _job(self._analysis.StartAnalysis(request, **self._kw()))

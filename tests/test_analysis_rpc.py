@@ -303,3 +303,38 @@ def test_bad_min_ess_and_identity_aware_without_identities_write_nothing(admin, 
     job = admin.start_analysis(embeddings=(npy, no_identity), identity_aware=False, latent_dim=2)
     admin.cancel_job(job.id)
     assert server.jobs.get(job.id).params["identity_aware"] is False
+
+
+def test_component_share_zero_turns_it_off_and_absent_is_the_default(admin, identities_file, server):
+    npy, labels, _no_identity, _ds = identities_file
+    off = admin.start_analysis(embeddings=(npy, labels), latent_dim=2, component_share=0, seed=0)
+    default = admin.start_analysis(embeddings=(npy, labels), latent_dim=2, seed=0)
+    # Recorded as asked: absent stays None, so the domain's default for the method applies.
+    assert server.jobs.get(off.id).params["component_share"] == 0.0
+    assert server.jobs.get(default.id).params["component_share"] is None
+    summaries = []
+    for job in (off, default):
+        final = list(admin.watch_job(job.id, timeout=240))[-1]
+        assert final.state == "DONE", final.error
+        summaries.append(json.loads(admin.get_report(job.id, "summary.json").data))
+    off_params, default_params = (s["params"] for s in summaries)
+    assert summaries[1]["method"] == "knn"
+    assert off_params["component_share"] == 0.0 and "components" not in off_params
+    assert default_params["component_share"] == 2.0 and default_params["components"] >= 1
+
+
+def test_bad_component_share_writes_nothing(admin, identities_file, server):
+    npy, labels, _no_identity, _ds = identities_file
+    before = _jobs_on_server(server)
+    for bad in (-1.0, 11.0, float("nan")):
+        with pytest.raises(errors.InvalidInput, match=r"component_share must be in \[0, 10\]"):
+            admin.start_analysis(embeddings=(npy, labels), component_share=bad)
+    with pytest.raises(errors.InvalidInput, match="component_share does not apply to the histogram method"):
+        admin.start_analysis(embeddings=(npy, labels), method="histogram", component_share=1)
+    # No new job and no folder of one (earlier tests' jobs may still make or tidy their own folders).
+    after = _jobs_on_server(server)
+    assert not set(after[0]) - set(before[0]) and set(after[1]) <= set(before[0]) | set(before[1])
+    # 0 is "off", which histogram is anyway: accepted.
+    job = admin.start_analysis(embeddings=(npy, labels), method="histogram", component_share=0, latent_dim=2)
+    admin.cancel_job(job.id)
+    assert server.jobs.get(job.id).params["component_share"] == 0.0

@@ -170,6 +170,9 @@ def test_knn_auto_variant_is_run_analysis_with_the_data_chosen_scale() -> None:
     assert k == auto.params["knn_k"] and len(k) == 1
     with pytest.raises(InvalidInput):
         variant_weights(run_analysis(p.dataset, method="gmm", **kw), "knn-auto")
+    # no-share: the same VAE and density without the component-share factor.
+    plain = run_analysis(p.dataset, component_share=0, **kw)
+    np.testing.assert_allclose(variant_weights(result, "no-share")[0], plain.weights, rtol=1e-9)
 
 
 def test_criteria_are_checked_for_the_method_asked() -> None:
@@ -274,7 +277,7 @@ def test_cluster_directions_and_group_alignment() -> None:
 
 @pytest.fixture(scope="module")
 def quick():
-    methods = ["default", "histogram", "uniform", "pca-knn", "mahalanobis", "oracle"]
+    methods = ["default", "no-share", "histogram", "uniform", "pca-knn", "mahalanobis", "oracle"]
     return run_suite(
         quick_suite(),
         methods=methods,
@@ -289,17 +292,20 @@ def _rows(quick, scenario: str, method: str) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the module fixture fits 18 VAEs (~75 s on an idle 2-core box)
 def test_quick_suite_separable_minorities(quick) -> None:
-    # The 3% case (2.4x under the old defaults) and a 1% one: >= 5x and AUROC >= 0.9 on both seeds.
-    for name in ("sep-3pct-4d-5sd", "sep-1pct-2d-6sd"):
+    # The 3% case (2.4x under the old defaults), a 1% and a 5% one: >= 5x and AUROC >= 0.9 on
+    # both seeds (measured 5.4-10.5x, AUROC 0.92-0.99).
+    for name in ("sep-3pct-4d-5sd", "sep-1pct-2d-6sd", "sep-5pct-4d-5sd"):
         for r in _rows(quick, name, "default"):
             assert r["mass_ratio"] >= 5 and r["auroc"] >= 0.9, r
-    # The 5% one misses both criteria, and not for the estimator's sake: the generating density itself,
-    # through the same weight rule, ranks it worse than the default does.
-    for d, o in zip(
-        _rows(quick, "sep-5pct-4d-5sd", "default"), _rows(quick, "sep-5pct-4d-5sd", "oracle"), strict=True
+    # The 5% one passes because of the component-share factor: without it (and with the generating
+    # density itself, through the same rule) 1/density leaves it near its share (measured 1.9-2.3x,
+    # AUROC 0.69-0.72; oracle AUROC 0.58-0.64). The mixture found no second mode in the other two, so
+    # the factor changes nothing there.
+    for d, plain, o in zip(
+        *(_rows(quick, "sep-5pct-4d-5sd", m) for m in ("default", "no-share", "oracle")), strict=True
     ):
-        assert d["auroc"] < 0.9 and o["auroc"] < 0.9
-        assert d["auroc"] >= o["auroc"]
+        assert plain["mass_ratio"] < 3 and plain["auroc"] < 0.8 and o["auroc"] < 0.8
+        assert d["mass_ratio"] >= 2 * plain["mass_ratio"]
     # On every separable row the default is at least as good as each baseline.
     for r in quick["rows"]:
         if r["kind"] == "separable" and r["method"] in ("pca-knn", "mahalanobis", "histogram"):
@@ -331,12 +337,16 @@ def test_quick_suite_correlation_null_ess_stability(quick) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # the module fixture fits 18 VAEs (~75 s on an idle 2-core box)
 def test_quick_suite_strongest_setting_does_not_collapse(quick) -> None:
+    # The strongest setting (alpha 0, no cap, 3 VAEs, ESS floor 0.05, no component share) does not
+    # collapse, but at 95/5 it misses the balance <= 1.5 (measured 3.3 and 8.2; uniform weights
+    # give 19). The default itself, with the share factor, reaches 1.6-1.7 there.
     strong = [r for r in quick["rows"] if r["method"] == "default-strongest"]
     assert len(strong) == 2
     for r in strong:
         assert r["ess"] >= 0.05 - 1e-9
+        assert r["balance"] <= 10, r
         d = next(x for x in _rows(quick, r["scenario"], "default") if x["seed"] == r["seed"])
-        assert r["balance"] < d["balance"]
+        assert d["balance"] <= 2, d
     table = format_table(quick["rows"])
     assert table.count("\n") == len({(r["scenario"], r["seed"]) for r in quick["rows"]}) + 1
     assert set(worst_cases(quick["rows"])) >= {"default", "default-strongest", "oracle", "pca-knn"}

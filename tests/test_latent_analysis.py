@@ -14,6 +14,7 @@ from embeddings.errors import Cancelled, InvalidInput
 from embeddings.latent import (
     DEFAULT_METHOD,
     MAX_VAES,
+    STRONGEST,
     EmbeddingVAE,
     HistogramDensity,
     KNNDensity,
@@ -61,8 +62,9 @@ def test_strongest_setting_balances_a_95_5_split(data_seed: int) -> None:
     ds = make_group_embeddings(n=N, shares={"majority": 0.95, "minority": 0.05}, seed=data_seed)
     y = ds.groups["group"] == "minority"
     # Strongest setting: alpha = 0 (uniform over the volume the data occupies), no clipping, 3 VAEs,
-    # the ESS floor lowered to 5% of N.
-    result = run_analysis(ds, seed=0, alpha=0.0, max_weight_ratio=None, n_vaes=3, min_ess=0.05)
+    # the ESS floor lowered to 5% of N, no component-share factor (with it, power 1: balance 2.6 on
+    # data seed 0, 1.03 on seed 3).
+    result = run_analysis(ds, seed=0, **STRONGEST)
     assert effective_sample_size(result.weights) >= 0.05 * N
     draws = np.random.default_rng(0).choice(N, size=20 * N, p=result.weights)
     share = y[draws].mean()
@@ -77,7 +79,9 @@ def test_decoded_geometry_undoes_the_vaes_squeeze_of_the_minority() -> None:
     ds, y = _data("offset", 0.05)
     shares = {}
     for geometry in ("latent", "decoded"):
-        w = run_analysis(ds, seed=0, alpha=0.0, max_weight_ratio=None, min_ess=None, geometry=geometry).weights
+        w = run_analysis(
+            ds, seed=0, alpha=0.0, max_weight_ratio=None, min_ess=None, component_share=0, geometry=geometry
+        ).weights
         shares[geometry] = w[y].sum()
     # Plain latent distances: the VAE gave the minority too little volume, so alpha = 0 leaves it
     # 2.2-4.0x behind the majority (15 seeds; 2.7x here); distances between decoded points restore its share.
@@ -107,9 +111,11 @@ def test_vae_ensemble_averages_the_members_log_densities() -> None:
     members = [run_analysis(ds, seed=s, **kw) for s in (4, 1004)]
     both = run_analysis(ds, seed=4, n_vaes=2, **kw)
     np.testing.assert_array_equal(both.latent, members[0].latent)
-    log_density = np.mean([m.estimator._train_log_density() for m in members], axis=0)
+    # Each member's log-density and log mode share (power 2, the knn default) are averaged.
+    log_density = np.mean([m.estimator._train_log_density() + 2 * m.component_log_share for m in members], axis=0)
     np.testing.assert_allclose(both.weights, np.exp(-log_density) / np.exp(-log_density).sum(), rtol=1e-9)
     assert both.params["n_vaes"] == 2
+    assert both.params["components_members"] == [m.params["components"] for m in members]
     with pytest.raises(InvalidInput):
         run_analysis(ds, n_vaes=0)
     with pytest.raises(InvalidInput):

@@ -107,6 +107,26 @@ def test_analyze_refuses_a_weight_cap_below_one(tmp_path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_analyze_component_share_is_recorded_and_checked(tmp_path, capsys) -> None:
+    ds = make_group_embeddings(n=200, images_per_identity=4, seed=4)
+    np.save(tmp_path / "e.npy", ds.vectors)
+    (tmp_path / "l.csv").write_text("id\n" + "\n".join(ds.ids) + "\n")
+    base = ["analyze", "--embeddings", str(tmp_path / "e.npy"), "--labels", str(tmp_path / "l.csv"),
+            "--latent-dim", "4", "--clusters", "3"]
+    args = _parser().parse_args([*base, "--out", str(tmp_path / "out"), "--component-share", "1"])
+    assert args.handler(args, SimpleNamespace(data_dir=tmp_path)) == 0
+    capsys.readouterr()
+    params = json.loads((tmp_path / "out" / "summary.json").read_text())["params"]
+    assert params["component_share"] == 1.0 and params["components"] >= 1
+    # Out of range, NaN, or non-zero with histogram: refused before anything is read or written.
+    for extra in (["--component-share", "11"], ["--component-share", "-1"], ["--component-share", "nan"],
+                  ["--component-share", "1", "--method", "histogram"]):
+        bad = _parser().parse_args([*base, "--out", str(tmp_path / "bad"), *extra])
+        with pytest.raises(InvalidInput, match="component-share"):
+            bad.handler(bad, SimpleNamespace(data_dir=tmp_path))
+    assert not (tmp_path / "bad").exists()
+
+
 def _enroll(config, name: str, ds) -> list[str]:
     """Enroll ``ds`` into collection ``name``, a subject per identity with its group; returns the face ids."""
     from embeddings.gallery import Gallery

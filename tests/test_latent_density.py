@@ -242,9 +242,10 @@ def test_weighted_sampler_draws_with_the_weights() -> None:
 def test_public_surface_is_pinned() -> None:
     assert sorted(latent.__all__) == sorted(
         [
-            "AnalysisResult", "Cluster", "DEFAULT_ALPHA", "DEFAULT_METHOD", "DEFAULT_MIN_ESS", "DensityEstimator",
-            "EmbeddingVAE", "GMMDensity", "HistogramDensity", "KDEDensity", "KNNDensity", "MAX_VAES", "METHODS",
-            "clip_weights", "effective_sample_size", "ess_floor_weights",
+            "AnalysisResult", "Cluster", "ComponentShares", "DEFAULT_ALPHA", "DEFAULT_COMPONENT_SHARE",
+            "DEFAULT_METHOD", "DEFAULT_MIN_ESS", "DensityEstimator", "EmbeddingVAE", "GMMDensity",
+            "HistogramDensity", "KDEDensity", "KNNDensity", "MAX_COMPONENT_SHARE", "MAX_VAES", "METHODS",
+            "STRONGEST", "clip_weights", "component_shares", "effective_sample_size", "ess_floor_weights",
             "find_clusters", "inverse_density_weights", "kmeans_labels", "make_estimator", "relative_density",
             "run_analysis", "weighted_sampler",
         ]

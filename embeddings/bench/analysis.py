@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from embeddings.latent import DEFAULT_METHOD, HistogramDensity, run_analysis
+from embeddings.latent import DEFAULT_METHOD, STRONGEST, HistogramDensity, run_analysis
 from embeddings.synthetic.groups import make_group_embeddings
 
 __all__ = ["run"]
@@ -41,7 +41,7 @@ def run(options: Any) -> dict[str, Any]:
 
 def balance_ratio(ds: Any, *, seed: int) -> float:
     """Largest ÷ smallest expected group share after resampling with the strongest setting's weights."""
-    w = run_analysis(ds, seed=seed, alpha=0.0, max_weight_ratio=None, n_vaes=3).weights
+    w = run_analysis(ds, seed=seed, **STRONGEST).weights
     groups = ds.groups["group"]
     mass = [float(w[groups == g].sum()) for g in np.unique(groups)]
     return max(mass) / min(mass)

@@ -4,8 +4,8 @@ For each scenario (:mod:`embeddings.synthetic.scenarios`) and method: the minori
 its data share (``mass_ratio``, the smallest over planted minorities), the AUROC of the weights for
 the minority (``auroc``), the effective sample size ÷ N (``ess``) and the largest ÷ smallest group
 share after resampling (``balance``). Methods: ``default`` (``run_analysis`` as shipped), variants of
-it that change only the kNN density's parameters on the same VAE's coordinates (``knn-auto``: the
-neighbour count chosen by held-out likelihood, see :data:`VARIANTS`), ``gmm`` and ``histogram`` (the
+it on the same VAE's coordinates (``knn-auto``: the neighbour count chosen by held-out likelihood;
+``no-share``: without the component-share factor; see :data:`VARIANTS`), ``gmm`` and ``histogram`` (the
 DB-VAE rule) on the same VAE's μ, and the baselines ``uniform``, ``pca-knn`` and ``mahalanobis``.
 Then each method's worst case per criterion and the issue's criteria, checked.
 """
@@ -23,6 +23,7 @@ from embeddings.errors import InvalidInput
 from embeddings.latent import (
     DEFAULT_ALPHA,
     DEFAULT_MIN_ESS,
+    STRONGEST,
     AnalysisResult,
     HistogramDensity,
     clip_weights,
@@ -49,26 +50,37 @@ __all__ = [
     "worst_cases",
 ]
 
-# Variants of the default: its VAE and weight rule, the kNN density refitted with these parameters.
-VARIANTS: dict[str, dict[str, Any]] = {"knn-auto": {"n_neighbors": "auto"}}
+# Variants of the default on its VAE and weight rule: the kNN density refitted with other parameters
+# (``estimator``), or another component-share power λ (``component_share``).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "knn-auto": {"estimator": {"n_neighbors": "auto"}},
+    "no-share": {"component_share": 0.0},
+}
 METHODS = ("default", *VARIANTS, "gmm", "histogram", *BASELINES, "oracle")
-STRONGEST_MIN_ESS = 0.05  # the strongest setting: --alpha 0 --max-weight-ratio 0 --vaes 3 --min-ess 0.05
 
 
 def variant_weights(result: AnalysisResult, variant: str) -> tuple[np.ndarray, list[int]]:
-    """The weights ``run_analysis`` would give with the variant's kNN parameters, on ``result``'s VAE,
-    and the neighbour counts used.
+    """The weights ``run_analysis`` would give with the variant's parameters, on ``result``'s VAE, and
+    the neighbour counts used.
 
-    The default's decoded coordinates, exponent (active dimensions), α, seed, clipping and ESS floor;
-    only the density estimator's parameters differ, so a VAE fit is shared, not repeated."""
+    The default's decoded coordinates, exponent (active dimensions), α, seed, clipping, ESS floor and
+    mixture; only the variant's parameters differ, so a VAE fit is shared, not repeated."""
     p = result.params
     if result.method != "knn" or p["geometry"] != "decoded" or p["n_vaes"] != 1 or p["identity_aware"]:
         raise InvalidInput("variants apply to a single-VAE, decoded-geometry knn analysis")
-    est = make_estimator(
-        "knn", alpha=p["alpha"], dim=p["active_dims"], seed=p["seed"], **VARIANTS[variant]
-    ).fit(result.coordinates)
+    spec = VARIANTS[variant]
+    est = result.estimator
+    if "estimator" in spec:
+        est = make_estimator(
+            "knn", alpha=p["alpha"], dim=p["active_dims"], seed=p["seed"], **spec["estimator"]
+        ).fit(result.coordinates)
+    assert est is not None
+    log_density = est._train_log_density()
+    power = spec.get("component_share", p["component_share"])
+    if power and result.component_log_share is not None:
+        log_density = log_density + power * result.component_log_share
     w, _ = ess_floor_weights(
-        est._train_log_density(),
+        log_density,
         alpha=p["alpha"],
         max_weight_ratio=p["max_weight_ratio"],
         min_ess=p["min_ess"],
@@ -170,7 +182,7 @@ def evaluate(
     if strongest:
         start = time.perf_counter()
         w = run_analysis(
-            ds, seed=seed, alpha=0.0, max_weight_ratio=None, n_vaes=3, min_ess=STRONGEST_MIN_ESS
+            ds, seed=seed, **STRONGEST
         ).weights
         rows.append(
             {

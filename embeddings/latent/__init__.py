@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from embeddings.latent.analysis import (
     DEFAULT_ALPHA,
+    DEFAULT_COMPONENT_SHARE,
     DEFAULT_METHOD,
     DEFAULT_MIN_ESS,
+    MAX_COMPONENT_SHARE,
     MAX_VAES,
+    STRONGEST,
     AnalysisResult,
     ess_floor_weights,
     run_analysis,
 )
 from embeddings.latent.clusters import Cluster, find_clusters, kmeans_labels
+from embeddings.latent.components import ComponentShares, component_shares
 from embeddings.latent.density import (
     METHODS,
     DensityEstimator,
@@ -39,10 +43,14 @@ from embeddings.latent.weights import (
 __all__ = [
     "AnalysisResult",
     "Cluster",
+    "ComponentShares",
     "DEFAULT_ALPHA",
+    "DEFAULT_COMPONENT_SHARE",
     "DEFAULT_METHOD",
     "DEFAULT_MIN_ESS",
+    "MAX_COMPONENT_SHARE",
     "MAX_VAES",
+    "STRONGEST",
     "DensityEstimator",
     "EmbeddingVAE",
     "GMMDensity",
@@ -51,6 +59,7 @@ __all__ = [
     "KNNDensity",
     "METHODS",
     "clip_weights",
+    "component_shares",
     "effective_sample_size",
     "ess_floor_weights",
     "find_clusters",

@@ -15,6 +15,7 @@ import numpy as np
 from embeddings.dataset import Dataset
 from embeddings.errors import Cancelled, InvalidInput
 from embeddings.latent.clusters import Cluster, find_clusters, kmeans_labels
+from embeddings.latent.components import component_shares
 from embeddings.latent.density import DensityEstimator, GMMDensity, KNNDensity, make_estimator
 from embeddings.latent.vae import EmbeddingVAE, mean_kl_per_dim
 from embeddings.latent.weights import (
@@ -24,7 +25,18 @@ from embeddings.latent.weights import (
     relative_density,
 )
 
-__all__ = ["AnalysisResult", "DEFAULT_ALPHA", "DEFAULT_METHOD", "DEFAULT_MIN_ESS", "MAX_VAES", "ess_floor_weights", "run_analysis"]
+__all__ = [
+    "AnalysisResult",
+    "DEFAULT_ALPHA",
+    "DEFAULT_COMPONENT_SHARE",
+    "DEFAULT_METHOD",
+    "DEFAULT_MIN_ESS",
+    "MAX_COMPONENT_SHARE",
+    "MAX_VAES",
+    "STRONGEST",
+    "ess_floor_weights",
+    "run_analysis",
+]
 
 Progress = Callable[[float, str], None]
 ShouldStop = Callable[[], bool]
@@ -35,10 +47,21 @@ DEFAULT_METHOD = "knn"
 # dataset: a fixed α = 0.01 gave a 3% minority 4.2x its share on one planted suite entry and 7x on
 # another, with ESS 0.3 N on both (issue #11).
 DEFAULT_ALPHA: dict[str, float] = {"knn": 0.0, "gmm": 0.01, "kde": 0.01, "histogram": 0.001}
+# λ per method: each sample's density is multiplied by its mode share to the power λ before the weight
+# rule (embeddings.latent.components). Measured for knn only (issue #11: of the scenario suite's 24
+# separable 1-5% rows × 2 seeds, λ = 0 met both criteria on 11, λ = 2 on 16, worst mass ratio 0.86 ->
+# 1.99; λ = 3 gained no row); the others keep their plain densities.
+DEFAULT_COMPONENT_SHARE: dict[str, float] = {"knn": 2.0, "gmm": 0.0, "kde": 0.0, "histogram": 0.0}
+MAX_COMPONENT_SHARE = 10.0
 # The weights' effective sample size is kept at or above this share of N by raising α (not for histogram).
 DEFAULT_MIN_ESS = 0.2
 # Each member is a full VAE fit; past a handful the average stops changing but the cost does not.
 MAX_VAES = 10
+# The strongest rebalancing (`--alpha 0 --max-weight-ratio 0 --vaes 3 --min-ess 0.05 --component-share 0`):
+# α = 0, no cap, three VAEs, the ESS floor lowered to 5% of N. No component-share factor: at α = 0 with
+# no cap it over-weights a far minority (95/5 balance up to 21 with λ = 1 against 11 without it, worst
+# case over the scenario suite's 95/5 rows).
+STRONGEST: dict[str, Any] = {"alpha": 0.0, "max_weight_ratio": None, "n_vaes": 3, "min_ess": 0.05, "component_share": 0.0}
 
 
 @dataclass
@@ -48,6 +71,8 @@ class AnalysisResult:
     ``latent`` holds the active posterior means (the clusters live there); ``coordinates`` the rows
     ``estimator`` was fitted on — the same μ for ``geometry="latent"``, their decoded projections for
     ``"decoded"`` — so new points must be mapped the same way before ``estimator.score_samples``.
+    ``component_log_share`` holds log s, each fitted point's mode share (zeros when the mixture has one
+    component; ``None`` when ``component_share`` is 0), of the first VAE like ``estimator``.
     """
 
     method: str
@@ -61,6 +86,7 @@ class AnalysisResult:
     estimator: DensityEstimator | None = field(default=None, repr=False)
     vae: EmbeddingVAE | None = field(default=None, repr=False)
     coordinates: np.ndarray | None = field(default=None, repr=False)
+    component_log_share: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def effective_sample_size(self) -> float:
@@ -121,6 +147,7 @@ def run_analysis(
     n_clusters: int = 8,
     max_weight_ratio: float | None = 50.0,
     min_ess: float | None = DEFAULT_MIN_ESS,
+    component_share: float | None = None,
     identity_aware: bool = False,
     active_kl: float = 0.1,
     n_vaes: int = 1,
@@ -164,6 +191,15 @@ def run_analysis(
     never collapse onto a few samples (α = 0 with no cap gave ESS ≈ 0.01 N on planted suites). The
     histogram reference is left as DB-VAE defines it.
 
+    ``component_share`` (λ; ``None`` takes :data:`DEFAULT_COMPONENT_SHARE`, 2 for ``knn``) multiplies
+    each sample's density by s^λ before the weight rule, s the share of the data in the sample's
+    mode: a diagonal Gaussian mixture over the active μ, sized by BIC
+    (:func:`~embeddings.latent.components.component_shares`). In many dimensions a sample's density
+    varies more with its distance from its mode's centre than between a large mode and a small one,
+    so 1/density alone leaves a 5% minority near its share; with λ = 2 it gets 7–8× (issue #11). One
+    mode found (s = 1) changes nothing. ``params["components"]`` records the mixture sizes;
+    ``density`` stays the estimator's plain density.
+
     ``identity_aware=True`` (needs ``dataset.identities``) estimates the density over identities —
     each identity one point, the centroid of its faces' coordinates — and gives each identity one
     weight, shared equally by its faces: in face data an identity with many photos otherwise looks
@@ -189,6 +225,11 @@ def run_analysis(
             raise InvalidInput(f"identity-aware weighting needs at least 20 identities, got {n_ids}")
     if min_ess is not None and not 0 <= min_ess < 1:
         raise InvalidInput(f"min_ess must be in [0, 1), got {min_ess}")
+    component_share = DEFAULT_COMPONENT_SHARE[method] if component_share is None else float(component_share)
+    if not 0 <= component_share <= MAX_COMPONENT_SHARE:
+        raise InvalidInput(f"component_share must be in [0, {MAX_COMPONENT_SHARE:g}], got {component_share}")
+    if component_share and method == "histogram":
+        raise InvalidInput("component_share does not apply to the histogram method (DB-VAE's rule is kept as defined)")
     if not 1 <= n_vaes <= MAX_VAES:
         raise InvalidInput(f"n_vaes must be in 1..{MAX_VAES}, got {n_vaes}")
     if geometry is None:
@@ -202,6 +243,8 @@ def run_analysis(
         params.setdefault("seed", seed)
     members: list[tuple[EmbeddingVAE, np.ndarray, DensityEstimator, np.ndarray]] = []
     log_densities: list[np.ndarray] = []
+    log_shares: list[np.ndarray] = []
+    n_components: list[int] = []
     share = 0.85 / n_vaes  # progress: each member's VAE, then its density
     for m in range(n_vaes):
         start = m * share
@@ -221,17 +264,24 @@ def run_analysis(
         estimator = make_estimator(method, alpha=alpha, **{**extra, **params}).fit(points)
         members.append((vae, latent, estimator, coords))
         log_densities.append(estimator._train_log_density())
+        if component_share:
+            shares = component_shares(
+                latent if owner is None else _centroids(latent, owner, n_ids), seed=seed + 1000 * m
+            )
+            log_shares.append(shares.log_share)
+            n_components.append(shares.n_components)
         _check_stop(stop)
     vae, latent, estimator, coords = members[0]
     report(0.85, "computing weights")
     log_density = np.mean(log_densities, axis=0)
+    weighted_log_density = log_density + component_share * np.mean(log_shares, axis=0) if log_shares else log_density
     alpha_effective = alpha
     if method == "histogram":  # its weights are not a function of one log-density: mix the members' samplers
         raw = np.mean([est.sample_weights() for _, _, est, _ in members], axis=0)
         weights = clip_weights(raw, max_ratio=max_weight_ratio)
     else:
         weights, alpha_effective = ess_floor_weights(
-            log_density, alpha=alpha, max_weight_ratio=max_weight_ratio, min_ess=min_ess
+            weighted_log_density, alpha=alpha, max_weight_ratio=max_weight_ratio, min_ess=min_ess
         )
     density = relative_density(log_density)
     if owner is not None:  # one weight per identity, shared by its faces
@@ -255,6 +305,9 @@ def run_analysis(
             "alpha": alpha,
             "alpha_effective": alpha_effective,
             "min_ess": min_ess,
+            "component_share": component_share,
+            **({"components": n_components[0]} if n_components else {}),
+            **({"components_members": n_components} if len(n_components) > 1 else {}),
             "identity_aware": identity_aware,
             **({} if n_ids is None else {"identities": int(n_ids)}),
             "latent_dim": latent_dim,
@@ -278,6 +331,7 @@ def run_analysis(
         estimator=estimator,
         vae=vae,
         coordinates=coords,
+        component_log_share=log_shares[0] if log_shares else None,
     )
 
 

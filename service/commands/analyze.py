@@ -41,7 +41,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="average the densities of N VAEs with different seeds (default %(default)s). "
-        "Strongest rebalancing: --alpha 0 --max-weight-ratio 0 --vaes 3 --min-ess 0.05",
+        "Strongest rebalancing: --alpha 0 --max-weight-ratio 0 --vaes 3 --min-ess 0.05 --component-share 0",
     )
     parser.add_argument(
         "--min-ess",
@@ -50,6 +50,14 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         metavar="F",
         help="keep the weights' effective sample size >= F x N by raising alpha as needed, 0 to turn off "
         "(default: 0.2)",
+    )
+    parser.add_argument(
+        "--component-share",
+        type=float,
+        default=None,
+        metavar="L",
+        help="power of the sample's mixture-component share multiplied into its density (0 turns it off; "
+        "default 2 for knn, 0 otherwise)",
     )
     parser.add_argument(
         "--identity-aware",
@@ -81,12 +89,17 @@ def run(args: argparse.Namespace, config: Any) -> int:
     from tqdm import tqdm
 
     from embeddings.dataset import embed_image_folder, load_embeddings
-    from embeddings.latent import DEFAULT_METHOD, DEFAULT_MIN_ESS, MAX_VAES, run_analysis
+    from embeddings.latent import DEFAULT_METHOD, DEFAULT_MIN_ESS, MAX_COMPONENT_SHARE, MAX_VAES, run_analysis
 
     if not (args.max_weight_ratio == 0 or args.max_weight_ratio >= 1):
         raise InvalidInput("--max-weight-ratio must be 0 (no cap) or >= 1")
     if args.min_ess is not None and not 0 <= args.min_ess < 1:
         raise InvalidInput("--min-ess must be in [0, 1)")
+    if args.component_share is not None:
+        if not 0 <= args.component_share <= MAX_COMPONENT_SHARE:
+            raise InvalidInput(f"--component-share must be in [0, {MAX_COMPONENT_SHARE:g}]")
+        if args.component_share and args.method == "histogram":
+            raise InvalidInput("--component-share does not apply to --method histogram (leave it out or 0)")
     if not 1 <= args.vaes <= MAX_VAES:
         raise InvalidInput(f"--vaes must be in 1..{MAX_VAES}")
     bar = tqdm(total=1000, file=sys.stderr, disable=not sys.stderr.isatty(), unit="‰")
@@ -115,6 +128,7 @@ def run(args: argparse.Namespace, config: Any) -> int:
             max_weight_ratio=args.max_weight_ratio or None,
             n_vaes=args.vaes,
             min_ess=DEFAULT_MIN_ESS if args.min_ess is None else (args.min_ess or None),
+            component_share=args.component_share,
             identity_aware=args.identity_aware,
             latent_dim=args.latent_dim,
             n_clusters=args.clusters,

@@ -157,6 +157,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             DEFAULT_ALPHA,
             DEFAULT_METHOD,
             DEFAULT_MIN_ESS,
+            MAX_COMPONENT_SHARE,
             MAX_VAES,
             run_analysis,
         )
@@ -182,6 +183,15 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         if not 0 <= min_ess < 1:
             raise InvalidInput(f"min_ess must be a share of N in [0, 1) (0 = no floor), got {min_ess:g}")
         min_ess = min_ess or None  # 0 turns the floor off, as in the CLI
+        # Absent = None: the method's default (the domain's DEFAULT_COMPONENT_SHARE), 0 = off.
+        component_share = request.component_share if request.HasField("component_share") else None
+        if component_share is not None:
+            if not 0 <= component_share <= MAX_COMPONENT_SHARE:
+                raise InvalidInput(
+                    f"component_share must be in [0, {MAX_COMPONENT_SHARE:g}] (0 = off), got {component_share:g}"
+                )
+            if component_share and method == "histogram":
+                raise InvalidInput("component_share does not apply to the histogram method; leave it out or 0")
         identity_aware = request.identity_aware
         if identity_aware:
             _require_identities(source)
@@ -193,6 +203,7 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             "n_vaes": n_vaes,
             "max_weight_ratio": max_weight_ratio,
             "min_ess": min_ess,
+            "component_share": component_share,
             "identity_aware": identity_aware,
             "seed": request.seed,
         }

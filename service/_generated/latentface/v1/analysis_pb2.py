@@ -25,37 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clatentface/v1/analysis.proto\x12\rlatentface.v1\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x0e\x45mbeddingsFile\x12\x17\n\x0f\x65mbeddings_path\x18\x01 \x01(\t\x12\x13\n\x0blabels_path\x18\x02 \x01(\t\"|\n\rDatasetSource\x12\x16\n\x0cimage_folder\x18\x01 \x01(\tH\x00\x12\x33\n\nembeddings\x18\x02 \x01(\x0b\x32\x1d.latentface.v1.EmbeddingsFileH\x00\x12\x14\n\ncollection\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"\xcf\x02\n\x14StartAnalysisRequest\x12-\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1c.latentface.v1.DatasetSource\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x12\n\x05\x61lpha\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nlatent_dim\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x13\n\x06n_vaes\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x1d\n\x10max_weight_ratio\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x07min_ess\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x1b\n\x0eidentity_aware\x18\t \x01(\x08H\x05\x88\x01\x01\x42\x08\n\x06_alphaB\r\n\x0b_latent_dimB\t\n\x07_n_vaesB\x13\n\x11_max_weight_ratioB\n\n\x08_min_essB\x11\n\x0f_identity_aware\"\xb3\x02\n\x12StartDebiasRequest\x12-\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1c.latentface.v1.DatasetSource\x12\x10\n\x08group_by\x18\x02 \x03(\t\x12\x17\n\ntarget_fmr\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\reval_fraction\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07out_dim\x18\x05 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nhidden_dim\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x07 \x01(\x05H\x04\x88\x01\x01\x12\x0e\n\x06method\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x03\x42\r\n\x0b_target_fmrB\x10\n\x0e_eval_fractionB\n\n\x08_out_dimB\r\n\x0b_hidden_dimB\t\n\x07_epochs\"\xb9\x01\n\x11StartAuditRequest\x12-\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1c.latentface.v1.DatasetSource\x12\x10\n\x08group_by\x18\x02 \x03(\t\x12\x14\n\ntarget_fmr\x18\x03 \x01(\x01H\x00\x12\x13\n\tthreshold\x18\x04 \x01(\x01H\x00\x12\x17\n\x0f\x61nalysis_job_id\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x42\x11\n\x0foperating_point\"\xed\x01\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.latentface.v1.JobState\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tartifacts\x18\t \x03(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x10GetReportRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\"N\n\x06Report\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c*\x95\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x12\n\x0eJOB_STATE_DONE\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xea\x03\n\x0f\x41nalysisService\x12H\n\rStartAnalysis\x12#.latentface.v1.StartAnalysisRequest\x1a\x12.latentface.v1.Job\x12\x42\n\nStartAudit\x12 .latentface.v1.StartAuditRequest\x1a\x12.latentface.v1.Job\x12\x44\n\x0bStartDebias\x12!.latentface.v1.StartDebiasRequest\x1a\x12.latentface.v1.Job\x12:\n\x06GetJob\x12\x1c.latentface.v1.GetJobRequest\x1a\x12.latentface.v1.Job\x12@\n\x08WatchJob\x12\x1e.latentface.v1.WatchJobRequest\x1a\x12.latentface.v1.Job0\x01\x12@\n\tCancelJob\x12\x1f.latentface.v1.CancelJobRequest\x1a\x12.latentface.v1.Job\x12\x43\n\tGetReport\x12\x1f.latentface.v1.GetReportRequest\x1a\x15.latentface.v1.Reportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clatentface/v1/analysis.proto\x12\rlatentface.v1\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x0e\x45mbeddingsFile\x12\x17\n\x0f\x65mbeddings_path\x18\x01 \x01(\t\x12\x13\n\x0blabels_path\x18\x02 \x01(\t\"|\n\rDatasetSource\x12\x16\n\x0cimage_folder\x18\x01 \x01(\tH\x00\x12\x33\n\nembeddings\x18\x02 \x01(\x0b\x32\x1d.latentface.v1.EmbeddingsFileH\x00\x12\x14\n\ncollection\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"\x81\x03\n\x14StartAnalysisRequest\x12-\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1c.latentface.v1.DatasetSource\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x12\n\x05\x61lpha\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\nlatent_dim\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x13\n\x06n_vaes\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x1d\n\x10max_weight_ratio\x18\x07 \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x07min_ess\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x1b\n\x0eidentity_aware\x18\t \x01(\x08H\x05\x88\x01\x01\x12\x1c\n\x0f\x63omponent_share\x18\n \x01(\x01H\x06\x88\x01\x01\x42\x08\n\x06_alphaB\r\n\x0b_latent_dimB\t\n\x07_n_vaesB\x13\n\x11_max_weight_ratioB\n\n\x08_min_essB\x11\n\x0f_identity_awareB\x12\n\x10_component_share\"\xb3\x02\n\x12StartDebiasRequest\x12-\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1c.latentface.v1.DatasetSource\x12\x10\n\x08group_by\x18\x02 \x03(\t\x12\x17\n\ntarget_fmr\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\reval_fraction\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07out_dim\x18\x05 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nhidden_dim\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x07 \x01(\x05H\x04\x88\x01\x01\x12\x0e\n\x06method\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x03\x42\r\n\x0b_target_fmrB\x10\n\x0e_eval_fractionB\n\n\x08_out_dimB\r\n\x0b_hidden_dimB\t\n\x07_epochs\"\xb9\x01\n\x11StartAuditRequest\x12-\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1c.latentface.v1.DatasetSource\x12\x10\n\x08group_by\x18\x02 \x03(\t\x12\x14\n\ntarget_fmr\x18\x03 \x01(\x01H\x00\x12\x13\n\tthreshold\x18\x04 \x01(\x01H\x00\x12\x17\n\x0f\x61nalysis_job_id\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x03\x42\x11\n\x0foperating_point\"\xed\x01\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.latentface.v1.JobState\x12\x10\n\x08progress\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tartifacts\x18\t \x03(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\x10GetReportRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\"N\n\x06Report\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c*\x95\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x12\n\x0eJOB_STATE_DONE\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xea\x03\n\x0f\x41nalysisService\x12H\n\rStartAnalysis\x12#.latentface.v1.StartAnalysisRequest\x1a\x12.latentface.v1.Job\x12\x42\n\nStartAudit\x12 .latentface.v1.StartAuditRequest\x1a\x12.latentface.v1.Job\x12\x44\n\x0bStartDebias\x12!.latentface.v1.StartDebiasRequest\x1a\x12.latentface.v1.Job\x12:\n\x06GetJob\x12\x1c.latentface.v1.GetJobRequest\x1a\x12.latentface.v1.Job\x12@\n\x08WatchJob\x12\x1e.latentface.v1.WatchJobRequest\x1a\x12.latentface.v1.Job0\x01\x12@\n\tCancelJob\x12\x1f.latentface.v1.CancelJobRequest\x1a\x12.latentface.v1.Job\x12\x43\n\tGetReport\x12\x1f.latentface.v1.GetReportRequest\x1a\x15.latentface.v1.Reportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latentface.v1.analysis_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1585
-  _globals['_JOBSTATE']._serialized_end=1734
+  _globals['_JOBSTATE']._serialized_start=1635
+  _globals['_JOBSTATE']._serialized_end=1784
   _globals['_EMBEDDINGSFILE']._serialized_start=80
   _globals['_EMBEDDINGSFILE']._serialized_end=142
   _globals['_DATASETSOURCE']._serialized_start=144
   _globals['_DATASETSOURCE']._serialized_end=268
   _globals['_STARTANALYSISREQUEST']._serialized_start=271
-  _globals['_STARTANALYSISREQUEST']._serialized_end=606
-  _globals['_STARTDEBIASREQUEST']._serialized_start=609
-  _globals['_STARTDEBIASREQUEST']._serialized_end=916
-  _globals['_STARTAUDITREQUEST']._serialized_start=919
-  _globals['_STARTAUDITREQUEST']._serialized_end=1104
-  _globals['_JOB']._serialized_start=1107
-  _globals['_JOB']._serialized_end=1344
-  _globals['_GETJOBREQUEST']._serialized_start=1346
-  _globals['_GETJOBREQUEST']._serialized_end=1377
-  _globals['_WATCHJOBREQUEST']._serialized_start=1379
-  _globals['_WATCHJOBREQUEST']._serialized_end=1412
-  _globals['_CANCELJOBREQUEST']._serialized_start=1414
-  _globals['_CANCELJOBREQUEST']._serialized_end=1448
-  _globals['_GETREPORTREQUEST']._serialized_start=1450
-  _globals['_GETREPORTREQUEST']._serialized_end=1502
-  _globals['_REPORT']._serialized_start=1504
-  _globals['_REPORT']._serialized_end=1582
-  _globals['_ANALYSISSERVICE']._serialized_start=1737
-  _globals['_ANALYSISSERVICE']._serialized_end=2227
+  _globals['_STARTANALYSISREQUEST']._serialized_end=656
+  _globals['_STARTDEBIASREQUEST']._serialized_start=659
+  _globals['_STARTDEBIASREQUEST']._serialized_end=966
+  _globals['_STARTAUDITREQUEST']._serialized_start=969
+  _globals['_STARTAUDITREQUEST']._serialized_end=1154
+  _globals['_JOB']._serialized_start=1157
+  _globals['_JOB']._serialized_end=1394
+  _globals['_GETJOBREQUEST']._serialized_start=1396
+  _globals['_GETJOBREQUEST']._serialized_end=1427
+  _globals['_WATCHJOBREQUEST']._serialized_start=1429
+  _globals['_WATCHJOBREQUEST']._serialized_end=1462
+  _globals['_CANCELJOBREQUEST']._serialized_start=1464
+  _globals['_CANCELJOBREQUEST']._serialized_end=1498
+  _globals['_GETREPORTREQUEST']._serialized_start=1500
+  _globals['_GETREPORTREQUEST']._serialized_end=1552
+  _globals['_REPORT']._serialized_start=1554
+  _globals['_REPORT']._serialized_end=1632
+  _globals['_ANALYSISSERVICE']._serialized_start=1787
+  _globals['_ANALYSISSERVICE']._serialized_end=2277
 # @@protoc_insertion_point(module_scope)

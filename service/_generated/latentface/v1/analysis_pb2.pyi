@@ -44,7 +44,7 @@ class DatasetSource(_message.Message):
     def __init__(self, image_folder: _Optional[str] = ..., embeddings: _Optional[_Union[EmbeddingsFile, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class StartAnalysisRequest(_message.Message):
-    __slots__ = ("dataset", "method", "alpha", "latent_dim", "seed", "n_vaes", "max_weight_ratio", "min_ess", "identity_aware")
+    __slots__ = ("dataset", "method", "alpha", "latent_dim", "seed", "n_vaes", "max_weight_ratio", "min_ess", "identity_aware", "component_share")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class StartAnalysisRequest(_message.Message):
     MAX_WEIGHT_RATIO_FIELD_NUMBER: _ClassVar[int]
     MIN_ESS_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_AWARE_FIELD_NUMBER: _ClassVar[int]
+    COMPONENT_SHARE_FIELD_NUMBER: _ClassVar[int]
     dataset: DatasetSource
     method: str
     alpha: float
@@ -63,7 +64,8 @@ class StartAnalysisRequest(_message.Message):
     max_weight_ratio: float
     min_ess: float
     identity_aware: bool
-    def __init__(self, dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., method: _Optional[str] = ..., alpha: _Optional[float] = ..., latent_dim: _Optional[int] = ..., seed: _Optional[int] = ..., n_vaes: _Optional[int] = ..., max_weight_ratio: _Optional[float] = ..., min_ess: _Optional[float] = ..., identity_aware: _Optional[bool] = ...) -> None: ...
+    component_share: float
+    def __init__(self, dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., method: _Optional[str] = ..., alpha: _Optional[float] = ..., latent_dim: _Optional[int] = ..., seed: _Optional[int] = ..., n_vaes: _Optional[int] = ..., max_weight_ratio: _Optional[float] = ..., min_ess: _Optional[float] = ..., identity_aware: _Optional[bool] = ..., component_share: _Optional[float] = ...) -> None: ...
 
 class StartDebiasRequest(_message.Message):
     __slots__ = ("dataset", "group_by", "target_fmr", "eval_fraction", "out_dim", "hidden_dim", "epochs", "method", "seed")
