@@ -551,7 +551,7 @@ class Client:
         ``max_weight_ratio=0`` turns clipping off; with ``alpha=0`` and ``n_vaes=3`` that is the strongest
         rebalancing. ``min_ess`` is the floor on the weights' effective sample size as a share of N
         (``None`` = the server's 0.2, ``0`` = no floor). ``component_share`` is the power of each sample's
-        mixture-component share multiplied into its density, in [0, 10] (``None`` = the method's default,
+        mode share multiplied into its density, in [0, 10] (``None`` = the method's default,
         2 for knn and 0 otherwise; ``0`` = off; non-zero is refused for histogram). ``identity_aware=True``
         gives one weight per identity, shared by its faces (needs identity labels). ``None`` leaves a field
         to the server."""

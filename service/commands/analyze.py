@@ -56,8 +56,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="L",
-        help="power of the sample's mixture-component share multiplied into its density (0 turns it off; "
-        "default 2 for knn, 0 otherwise)",
+        help="multiply each sample's density by its mode share (the share of the data in its Gaussian-mixture "
+        "mode) to the power L before weighting; 0 turns it off (default 2 for knn, 0 otherwise)",
     )
     parser.add_argument(
         "--identity-aware",
