@@ -229,6 +229,14 @@ def _embedding_msg(vector: Any, model_id: str) -> Any:
     return convert.embedding_to_proto(np.asarray(vector, dtype=np.float32), model_id)
 
 
+def _set_given(request: Any, **fields: Any) -> None:
+    """Set each of ``fields`` on ``request`` whose value is not None; the others stay unset, for the server
+    to default."""
+    for name, value in fields.items():
+        if value is not None:
+            setattr(request, name, value)
+
+
 def _dataset(
     *, image_folder: str | None, embeddings: tuple[str, str] | None, collection: str | None
 ) -> analysis_pb2.DatasetSource:
@@ -416,16 +424,9 @@ class Client:
     ) -> Verification:
         """image↔image (``reference_image``), image↔subject or embedding ``(vector, model_id)``↔subject."""
         request = face_pb2.VerifyRequest(collection=collection or "")
-        if image is not None:
-            request.image = image
+        _set_given(request, image=image, reference_image=reference_image, subject_id=subject_id, threshold=threshold)
         if embedding is not None:
             request.embedding.CopyFrom(_embedding_msg(*embedding))
-        if reference_image is not None:
-            request.reference_image = reference_image
-        if subject_id is not None:
-            request.subject_id = subject_id
-        if threshold is not None:
-            request.threshold = threshold
         response = self._face.Verify(request, **self._kw(timeout=timeout))
         return Verification(
             decision=convert.decision_from_proto(response.decision),
@@ -560,20 +561,16 @@ class Client:
             method=method,
             seed=seed,
         )
-        if alpha is not None:
-            request.alpha = alpha
-        if latent_dim is not None:
-            request.latent_dim = latent_dim
-        if n_vaes is not None:
-            request.n_vaes = n_vaes
-        if max_weight_ratio is not None:
-            request.max_weight_ratio = max_weight_ratio
-        if min_ess is not None:
-            request.min_ess = min_ess
-        if component_share is not None:
-            request.component_share = component_share
-        if identity_aware is not None:
-            request.identity_aware = identity_aware
+        _set_given(
+            request,
+            alpha=alpha,
+            latent_dim=latent_dim,
+            n_vaes=n_vaes,
+            max_weight_ratio=max_weight_ratio,
+            min_ess=min_ess,
+            component_share=component_share,
+            identity_aware=identity_aware,
+        )
         return _job(self._analysis.StartAnalysis(request, **self._kw()))
 
     @_translating
@@ -597,10 +594,7 @@ class Client:
         )
         if target_fmr is not None and threshold is not None:
             raise InvalidInput("give target_fmr or threshold, not both")
-        if target_fmr is not None:
-            request.target_fmr = target_fmr
-        if threshold is not None:
-            request.threshold = threshold
+        _set_given(request, target_fmr=target_fmr, threshold=threshold)
         return _job(self._analysis.StartAudit(request, **self._kw()))
 
     @_translating
@@ -626,10 +620,9 @@ class Client:
             method=method,
             seed=seed,
         )
-        for name, value in (("target_fmr", target_fmr), ("eval_fraction", eval_fraction), ("out_dim", out_dim),
-                            ("hidden_dim", hidden_dim), ("epochs", epochs)):  # fmt: skip
-            if value is not None:
-                setattr(request, name, value)
+        _set_given(
+            request, target_fmr=target_fmr, eval_fraction=eval_fraction, out_dim=out_dim, hidden_dim=hidden_dim, epochs=epochs
+        )
         return _job(self._analysis.StartDebias(request, **self._kw()))
 
     @_translating

@@ -245,7 +245,7 @@ def test_public_surface_is_pinned() -> None:
             "AnalysisResult", "Cluster", "ComponentShares", "DEFAULT_ALPHA", "DEFAULT_COMPONENT_SHARE",
             "DEFAULT_METHOD", "DEFAULT_MIN_ESS", "DensityEstimator", "EmbeddingVAE", "GMMDensity",
             "HistogramDensity", "KDEDensity", "KNNDensity", "MAX_COMPONENT_SHARE", "MAX_VAES", "METHODS",
-            "STRONGEST", "clip_weights", "component_shares", "effective_sample_size", "ess_floor_weights",
+            "STRONGEST", "check_component_share", "check_min_ess", "clip_weights", "component_shares", "effective_sample_size", "ess_floor_weights",
             "find_clusters", "inverse_density_weights", "kmeans_labels", "make_estimator", "relative_density",
             "run_analysis", "weighted_sampler",
         ]

@@ -181,9 +181,7 @@ def evaluate(
         )
     if strongest:
         start = time.perf_counter()
-        w = run_analysis(
-            ds, seed=seed, **STRONGEST
-        ).weights
+        w = run_analysis(ds, seed=seed, **STRONGEST).weights
         rows.append(
             {
                 **meta,

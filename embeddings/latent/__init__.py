@@ -17,6 +17,8 @@ from embeddings.latent.analysis import (
     MAX_VAES,
     STRONGEST,
     AnalysisResult,
+    check_component_share,
+    check_min_ess,
     ess_floor_weights,
     run_analysis,
 )
@@ -58,6 +60,8 @@ __all__ = [
     "KDEDensity",
     "KNNDensity",
     "METHODS",
+    "check_component_share",
+    "check_min_ess",
     "clip_weights",
     "component_shares",
     "effective_sample_size",

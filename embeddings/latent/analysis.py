@@ -34,6 +34,8 @@ __all__ = [
     "MAX_COMPONENT_SHARE",
     "MAX_VAES",
     "STRONGEST",
+    "check_component_share",
+    "check_min_ess",
     "ess_floor_weights",
     "run_analysis",
 ]
@@ -223,13 +225,9 @@ def run_analysis(
         n_ids = counts.size
         if n_ids < 20:
             raise InvalidInput(f"identity-aware weighting needs at least 20 identities, got {n_ids}")
-    if min_ess is not None and not 0 <= min_ess < 1:
-        raise InvalidInput(f"min_ess must be in [0, 1), got {min_ess}")
+    check_min_ess(min_ess)
+    check_component_share(component_share, method)
     component_share = DEFAULT_COMPONENT_SHARE[method] if component_share is None else float(component_share)
-    if not 0 <= component_share <= MAX_COMPONENT_SHARE:
-        raise InvalidInput(f"component_share must be in [0, {MAX_COMPONENT_SHARE:g}], got {component_share}")
-    if component_share and method == "histogram":
-        raise InvalidInput("component_share does not apply to the histogram method (DB-VAE's rule is kept as defined)")
     if not 1 <= n_vaes <= MAX_VAES:
         raise InvalidInput(f"n_vaes must be in 1..{MAX_VAES}, got {n_vaes}")
     if geometry is None:
@@ -343,6 +341,26 @@ def _knn_scales(members: list[tuple[Any, ...]]) -> dict[str, Any]:
     if not ks:
         return {}
     return {"knn_k": ks[0], **({"knn_k_members": ks} if len(ks) > 1 else {})}
+
+
+def check_min_ess(min_ess: float | None, *, name: str = "min_ess") -> None:
+    """Refuse an ESS floor outside [0, 1) (``None`` or 0: no floor). ``name`` is the option as the
+    caller's users spell it (``--min-ess`` on the command line), so front ends can check it before a
+    long job and say the same thing."""
+    if min_ess is not None and not 0 <= min_ess < 1:
+        raise InvalidInput(f"{name} must be a share of N in [0, 1) (0 = no floor), got {min_ess:g}")
+
+
+def check_component_share(component_share: float | None, method: str, *, name: str = "component_share") -> None:
+    """Refuse a component-share power outside [0, :data:`MAX_COMPONENT_SHARE`], or a non-zero one for
+    ``histogram`` (DB-VAE's rule is kept as defined); ``None`` is the method's default. ``name`` as in
+    :func:`check_min_ess`."""
+    if component_share is None:
+        return
+    if not 0 <= component_share <= MAX_COMPONENT_SHARE:
+        raise InvalidInput(f"{name} must be in [0, {MAX_COMPONENT_SHARE:g}] (0 = off), got {component_share:g}")
+    if component_share and method == "histogram":
+        raise InvalidInput(f"{name} does not apply to the histogram method (DB-VAE's rule is kept as defined); leave it out or 0")
 
 
 def ess_floor_weights(

@@ -89,17 +89,19 @@ def run(args: argparse.Namespace, config: Any) -> int:
     from tqdm import tqdm
 
     from embeddings.dataset import embed_image_folder, load_embeddings
-    from embeddings.latent import DEFAULT_METHOD, DEFAULT_MIN_ESS, MAX_COMPONENT_SHARE, MAX_VAES, run_analysis
+    from embeddings.latent import (
+        DEFAULT_METHOD,
+        DEFAULT_MIN_ESS,
+        MAX_VAES,
+        check_component_share,
+        check_min_ess,
+        run_analysis,
+    )
 
     if not (args.max_weight_ratio == 0 or args.max_weight_ratio >= 1):
         raise InvalidInput("--max-weight-ratio must be 0 (no cap) or >= 1")
-    if args.min_ess is not None and not 0 <= args.min_ess < 1:
-        raise InvalidInput("--min-ess must be in [0, 1)")
-    if args.component_share is not None:
-        if not 0 <= args.component_share <= MAX_COMPONENT_SHARE:
-            raise InvalidInput(f"--component-share must be in [0, {MAX_COMPONENT_SHARE:g}]")
-        if args.component_share and args.method == "histogram":
-            raise InvalidInput("--component-share does not apply to --method histogram (leave it out or 0)")
+    check_min_ess(args.min_ess, name="--min-ess")
+    check_component_share(args.component_share, args.method, name="--component-share")
     if not 1 <= args.vaes <= MAX_VAES:
         raise InvalidInput(f"--vaes must be in 1..{MAX_VAES}")
     bar = tqdm(total=1000, file=sys.stderr, disable=not sys.stderr.isatty(), unit="‰")

@@ -157,8 +157,9 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             DEFAULT_ALPHA,
             DEFAULT_METHOD,
             DEFAULT_MIN_ESS,
-            MAX_COMPONENT_SHARE,
             MAX_VAES,
+            check_component_share,
+            check_min_ess,
             run_analysis,
         )
 
@@ -180,18 +181,11 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
             raise InvalidInput("max_weight_ratio must be 0 (no cap) or >= 1")
         max_weight_ratio = None if max_weight_ratio == 0 else max_weight_ratio
         min_ess = request.min_ess if request.HasField("min_ess") else DEFAULT_MIN_ESS
-        if not 0 <= min_ess < 1:
-            raise InvalidInput(f"min_ess must be a share of N in [0, 1) (0 = no floor), got {min_ess:g}")
+        check_min_ess(min_ess)
         min_ess = min_ess or None  # 0 turns the floor off, as in the CLI
         # Absent = None: the method's default (the domain's DEFAULT_COMPONENT_SHARE), 0 = off.
         component_share = request.component_share if request.HasField("component_share") else None
-        if component_share is not None:
-            if not 0 <= component_share <= MAX_COMPONENT_SHARE:
-                raise InvalidInput(
-                    f"component_share must be in [0, {MAX_COMPONENT_SHARE:g}] (0 = off), got {component_share:g}"
-                )
-            if component_share and method == "histogram":
-                raise InvalidInput("component_share does not apply to the histogram method; leave it out or 0")
+        check_component_share(component_share, method)
         identity_aware = request.identity_aware
         if identity_aware:
             _require_identities(source)
