@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embeddings.errors import InvalidInput
+from embeddings.latent.density import lowest_bic_mixture
 
 __all__ = ["COMPONENT_CANDIDATES", "ComponentShares", "bhattacharyya_coefficients", "component_shares"]
 
@@ -66,8 +67,6 @@ def component_shares(
     small mode it can afford to see with 2d (measured on the scenario suite: full covariances found
     no 3–5% minority at 2 000 rows, diagonal ones found those offset 5σ or more).
     """
-    from sklearn.mixture import GaussianMixture
-
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] < 2 or not np.isfinite(X).all():
         raise InvalidInput("X must be a finite 2-D array with at least 2 rows")
@@ -78,15 +77,8 @@ def component_shares(
     Z /= math.sqrt((Z * Z).sum(axis=1).mean() / Z.shape[1]) or 1.0
     rng = np.random.default_rng(seed)
     fit_rows = Z if Z.shape[0] <= max_fit_samples else Z[np.sort(rng.choice(Z.shape[0], max_fit_samples, replace=False))]
-    best, best_bic = None, math.inf
-    for k in sizes:
-        if k > fit_rows.shape[0] // 2:
-            break
-        gm = GaussianMixture(k, covariance_type="diag", reg_covar=reg_covar, random_state=seed, max_iter=200)
-        gm.fit(fit_rows)
-        bic = float(gm.bic(fit_rows))
-        if bic < best_bic:
-            best, best_bic = gm, bic
+    sizes = [k for k in sizes if k <= fit_rows.shape[0] // 2]
+    best, best_bic = lowest_bic_mixture(fit_rows, sizes, covariance_type="diag", reg_covar=reg_covar, seed=seed)
     if best is None or best.n_components == 1:
         return ComponentShares(np.zeros(Z.shape[0]), np.ones(1), np.ones(1), best_bic)
     shares = np.asarray(best.weights_, dtype=np.float64)

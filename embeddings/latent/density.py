@@ -34,6 +34,7 @@ __all__ = [
     "KNNDensity",
     "METHODS",
     "held_out_log_likelihood",
+    "lowest_bic_mixture",
     "make_estimator",
 ]
 
@@ -397,8 +398,6 @@ class GMMDensity(DensityEstimator):
         self.seed = seed
 
     def fit(self, X: np.ndarray) -> GMMDensity:
-        from sklearn.mixture import GaussianMixture
-
         candidates = tuple(int(c) for c in np.atleast_1d(self.n_components))
         if not candidates or min(candidates) < 1 or not self.alpha >= 0 or self.max_fit_samples < 2:
             raise InvalidInput("n_components >= 1, alpha >= 0 and max_fit_samples >= 2 are required")
@@ -411,16 +410,8 @@ class GMMDensity(DensityEstimator):
         Z = (X - self.center_) / self.scale_
         rng = np.random.default_rng(self.seed)
         fit_rows = Z if Z.shape[0] <= self.max_fit_samples else Z[rng.choice(Z.shape[0], self.max_fit_samples, replace=False)]
-        best, best_bic = None, math.inf
-        for c in sorted(set(candidates)):
-            if c > fit_rows.shape[0]:
-                continue
-            gm = GaussianMixture(
-                n_components=c, covariance_type="full", reg_covar=self.reg_covar, random_state=self.seed, max_iter=200
-            ).fit(fit_rows)
-            bic = gm.bic(fit_rows)
-            if bic < best_bic:
-                best, best_bic = gm, bic
+        sizes = [c for c in sorted(set(candidates)) if c <= fit_rows.shape[0]]
+        best, best_bic = lowest_bic_mixture(fit_rows, sizes, covariance_type="full", reg_covar=self.reg_covar, seed=self.seed)
         assert best is not None
         self.weights_, self.means_, self.covariances_ = best.weights_, best.means_, best.covariances_
         self.bic_ = best_bic
@@ -575,6 +566,24 @@ class KDEDensity(DensityEstimator):
 
     def _train_log_density(self) -> np.ndarray:
         return self.train_log_density_
+
+
+def lowest_bic_mixture(
+    rows: np.ndarray, sizes: list[int], *, covariance_type: str, reg_covar: float, seed: int
+) -> tuple[Any, float]:
+    """Fit a Gaussian mixture of each of ``sizes`` components to ``rows`` (seeded, at most 200 EM
+    rounds) and return the one of lowest BIC with its BIC; ``(None, inf)`` when ``sizes`` is empty."""
+    from sklearn.mixture import GaussianMixture
+
+    best, best_bic = None, math.inf
+    for k in sizes:
+        gm = GaussianMixture(
+            n_components=k, covariance_type=covariance_type, reg_covar=reg_covar, random_state=seed, max_iter=200
+        ).fit(rows)
+        bic = float(gm.bic(rows))
+        if bic < best_bic:
+            best, best_bic = gm, bic
+    return best, best_bic
 
 
 def _floored(r: np.ndarray) -> np.ndarray:
