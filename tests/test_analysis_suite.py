@@ -8,7 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from embeddings.bench.analysis_suite import check_criteria, format_table, run_suite, score, worst_cases
+from embeddings.bench.analysis_suite import (
+    check_criteria,
+    format_table,
+    null_spread,
+    run_suite,
+    score,
+    worst_cases,
+)
 from embeddings.dataset import Dataset
 from embeddings.errors import InvalidInput
 from embeddings.latent import effective_sample_size, ess_floor_weights, run_analysis
@@ -142,6 +149,37 @@ def test_score_matches_hand_computation() -> None:
         and flat["auroc"] == 0.5
         and flat["ess"] == pytest.approx(1.0)
     )
+
+
+def test_null_spread_matches_random_subsets(rng: np.random.Generator) -> None:
+    """The analytic spread of a random subset's mass and AUROC against 20 000 drawn subsets, on heavy
+    weights with half the rows tied at a cap (clipped weights tie there). The subset is 10% of the
+    rows, so leaving out the finite-population factor would be 5% off, and half the rows tied make
+    the tie-corrected AUROC spread 6% smaller than the plain one."""
+    from scipy.stats import rankdata
+    from sklearn.metrics import roc_auc_score
+
+    n, m = 600, 60
+    w = np.minimum(np.exp(rng.normal(0.0, 1.0, n)), 1.0)
+    assert 0.4 < (w == 1.0).mean() < 0.6
+    mass_sd, auroc_sd = null_spread(w, m)
+    wn, ranks = w / w.sum(), rankdata(w)  # midranks: the AUROC of a subset is its rank sum's
+    masses, aurocs = [], []
+    for i in range(20_000):
+        pick = rng.choice(n, m, replace=False)
+        masses.append(wn[pick].sum())
+        aurocs.append((ranks[pick].sum() - m * (m + 1) / 2) / (m * (n - m)))
+        if i < 20:
+            y = np.zeros(n, dtype=bool)
+            y[pick] = True
+            assert aurocs[-1] == pytest.approx(roc_auc_score(y, w))
+    assert np.mean(masses) == pytest.approx(m / n, rel=0.01)
+    assert np.std(masses) == pytest.approx(mass_sd, rel=0.025)
+    assert np.std(aurocs) == pytest.approx(auroc_sd, rel=0.025)
+    assert auroc_sd < 0.96 * math.sqrt((n + 1) / (12 * m * (n - m)))
+    assert null_spread(np.ones(n), m) == (0.0, 0.0)
+    with pytest.raises(InvalidInput):
+        null_spread(w, 0)
 
 
 def test_ess_floor_raises_alpha_to_the_smallest_value_that_meets_it(rng: np.random.Generator) -> None:
@@ -320,11 +358,9 @@ def test_quick_suite_correlation_null_ess_stability(quick) -> None:
     # Null control, the planted random 5% label: no bias beyond the sampling spread the weights'
     # dispersion allows. At ESS 0.2 N and 2 000 rows that spread is 0.01 of mass, so the issue's
     # +-0.01 does not hold on every seed (measured errors 0.012 and 0.001; AUROC 0.501 and 0.466).
+    assert crit["null_mass_max_z"]["holds"] and crit["null_auroc_max_z"]["holds"]  # within 3 spreads
     for r in _rows(quick, "null", "default"):
-        n, share = r["n"], r["share_planted"]
-        assert abs(r["mass"] - share) <= 3 * math.sqrt(share * (1 / r["ess"] - 1) / n)
-        n1 = share * n
-        assert abs(r["auroc"] - 0.5) <= 3 * math.sqrt((n + 1) / (12 * n1 * (n - n1)))  # rank-based spread
+        assert 0.005 < r["mass_sd"] < 0.015 and 0.02 < r["auroc_sd"] < 0.04  # about the tolerances
     assert crit["ess_min"]["holds"]
     assert crit["stability_spearman_min"]["holds"]
     # Correlation-only in high-variance directions: above 0.65 on both seeds, but the DB-VAE histogram

@@ -42,6 +42,7 @@ __all__ = [
     "check_criteria",
     "evaluate",
     "format_table",
+    "null_spread",
     "run",
     "run_suite",
     "score",
@@ -108,6 +109,7 @@ def score(weights: np.ndarray, planted: PlantedData) -> dict[str, float]:
         out["share_planted"] = float(mask.mean())
         out["mass_ratio"] = out["mass"] / out["share_planted"]
         out["auroc"] = float(roc_auc_score(mask, w))
+        out["mass_sd"], out["auroc_sd"] = null_spread(w, int(mask.sum()))
         return out
     ratios, aurocs = [], []
     for mask in planted.minorities.values():
@@ -326,6 +328,14 @@ def check_criteria(
         put("null_mass_max_error", err, "<= 0.01", err <= 0.01)
         err = max(abs(r["auroc"] - 0.5) for r in null)
         put("null_auroc_max_error", err, "<= 0.03", err <= 0.03)
+        # Not one of the issue's criteria: the same errors in units of their sampling spread
+        # (null_spread). At 2 000 rows and ESS 0.2 N both spreads are about the issue's tolerances,
+        # so those fail by chance on some seeds; beyond 3 spreads the weights are biased.
+        if all("mass_sd" in r for r in null):
+            z = max(abs(r["mass"] - r["share_planted"]) / r["mass_sd"] for r in null)
+            put("null_mass_max_z", z, "<= 3 (sampling spreads)", z <= 3)
+            z = max(abs(r["auroc"] - 0.5) / r["auroc_sd"] for r in null)
+            put("null_auroc_max_z", z, "<= 3 (sampling spreads)", z <= 3)
     if default:
         ess = min(r["ess"] for r in default)
         put("ess_min", ess, ">= 0.1", ess >= 0.1)
@@ -340,6 +350,26 @@ def check_criteria(
         rho = min(min(s["spearman_seed"], s["spearman_subsample"]) for s in stab)
         put("stability_spearman_min", rho, ">= 0.9", rho >= 0.9)
     return out
+
+
+def null_spread(weights: np.ndarray, m: int) -> tuple[float, float]:
+    """The standard deviations of a random ``m``-row subset's weight mass and of its AUROC under these
+    weights: how far from (share, 0.5) the null control's planted label lands by chance alone.
+
+    Mass: sampling ``m`` of N rows without replacement, Var = m (N − m) / (N − 1) · σ², σ² the
+    variance of the normalised weights. AUROC: the Mann–Whitney null variance with the tie correction
+    (clipped weights tie at the cap), [(N + 1) − Σ(t³ − t) / (N (N − 1))] / (12 m (N − m)).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    n = w.size
+    if not 0 < m < n:
+        raise InvalidInput(f"the subset size must be in 1..{n - 1}, got {m}")
+    mass_var = m * (n - m) / (n - 1) * float(w.var())
+    _, ties = np.unique(w, return_counts=True)
+    ties = ties.astype(np.float64)
+    auroc_var = ((n + 1) - float((ties**3 - ties).sum()) / (n * (n - 1))) / (12.0 * m * (n - m))
+    return float(np.sqrt(mass_var)), float(np.sqrt(max(auroc_var, 0.0)))
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
