@@ -227,6 +227,18 @@ def test_criteria_are_checked_for_the_method_asked() -> None:
     assert d["separable_1_5pct_mass_ratio"]["value"] == 2.0 and not d["separable_1_5pct_mass_ratio"]["holds"]
     assert a["separable_1_5pct_mass_ratio"]["value"] == 6.0 and a["separable_1_5pct_auroc"]["holds"]
     assert d["stability_spearman_min"]["value"] == 0.95 and a["stability_spearman_min"]["value"] == 0.85
+    # Null rows: the tolerances, and the same errors in sampling spreads (uniform weights: 0).
+    null = {**base, "kind": "null", "method": "default", "share_planted": 0.05, "mass_ratio": 1.0}
+    rows = [
+        {**null, "mass": 0.065, "auroc": 0.54, "mass_sd": 0.01, "auroc_sd": 0.03},
+        {**null, "seed": 1, "mass": 0.05, "auroc": 0.5, "mass_sd": 0.0, "auroc_sd": 0.0},
+    ]
+    c = check_criteria(rows)
+    assert c["null_mass_max_error"]["value"] == 0.015 and not c["null_mass_max_error"]["holds"]
+    assert c["null_mass_max_z"]["value"] == 1.5 and c["null_mass_max_z"]["holds"]
+    assert c["null_auroc_max_z"]["value"] == pytest.approx(1.3333, abs=1e-4)
+    rows[0]["mass"] = 0.09
+    assert check_criteria(rows)["null_mass_max_z"] == {"value": 4.0, "target": "<= 3 (sampling spreads)", "holds": False}
 
 
 # --- identity-aware weighting -------------------------------------------------------------------
